@@ -1,0 +1,318 @@
+"""Strict YAML -> dataclass loading: unknown keys and wrong types are errors naming file and key path.
+
+Recipes (`recipes/*.yaml`) and feature definitions (`features/*.yaml`) are plain data. Nothing in a
+file is ever executed (`yaml.safe_load`), and `--set a.b=value` overrides pass the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from dcase_effdl.errors import UserError
+
+
+# ---------------------------------------------------------------- generic strict loader
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping from `path`; any problem is a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, source: str, keypath: str) -> Any:
+    """Check `value` against type `tp` (dataclass, list, dict, Optional, Literal, scalar)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, source, keypath)
+            except UserError as exc:
+                errors.append(exc)
+        raise UserError(f"{source}: {keypath}: expected {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise UserError(f"{source}: {keypath}: expected one of {list(args)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: {keypath}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, source, keypath)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{source}: {keypath}: expected a list, got {value!r}")
+        (item_tp,) = args or (Any,)
+        return [_convert(v, item_tp, source, f"{keypath}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: {keypath}: expected a mapping, got {value!r}")
+        key_tp, val_tp = args or (Any, Any)
+        return {
+            _convert(k, key_tp, source, keypath): _convert(v, val_tp, source, f"{keypath}.{k}")
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        # YAML reads `1e-3` as a string (YAML 1.1 needs a dot), so accept numeric strings too.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"config type {tp!r} not supported")
+    raise UserError(f"{source}: {keypath}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict, source: str, keypath: str = "") -> Any:
+    """Build dataclass `cls` from `data`, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{keypath}.{key}" if keypath else str(key)
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise UserError(f"{source}: unknown key '{path}' (known keys here: {known})")
+        kwargs[key] = _convert(value, hints[key], source, path)
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        where = f"{keypath}." if keypath else ""
+        raise UserError(f"{source}: missing required key '{where}{missing[0]}'")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:  # raised by a dataclass's __post_init__ checks
+        raise UserError(f"{source}: {keypath or cls.__name__}: {exc}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data form of a config dataclass (for the resolved config written to a run folder)."""
+    return dataclasses.asdict(obj)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (['a', 'b'], value), the value parsed as YAML (so `3`, `true`, `[1, 2]` work)."""
+    if "=" not in text:
+        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. train.epochs=2")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `--set` overrides onto raw YAML data; the result is then checked like the file."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text}: '{key}' is not a mapping")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+# ---------------------------------------------------------------- feature definition
+
+
+@dataclass
+class FeatureConfig:
+    """A log-mel front end. Every parameter that differs between libraries is explicit."""
+
+    name: str
+    sample_rate: int = 48000  # Hz; audio at another rate is resampled
+    resample: typing.Literal["soxr_hq", "soxr_vhq", "scipy"] = "soxr_hq"  # resampler if rate differs
+    channels: typing.Literal["mono", "stereo"] = "mono"  # mono = mean of channels
+    duration: Union[float, None] = 10.0  # seconds; clips are zero-padded / cut to it, None = as is
+    n_fft: int = 2048  # samples
+    win_length: int = 1920  # samples (40 ms at 48 kHz)
+    hop_length: int = 960  # samples (20 ms at 48 kHz)
+    window: typing.Literal["hamming", "hann"] = "hamming"
+    window_periodic: bool = True  # scipy/librosa 'fftbins' (asymmetric) window
+    center: bool = True
+    pad_mode: typing.Literal["reflect", "constant"] = "reflect"  # librosa < 0.10 default: reflect
+    power: float = 1.0  # 1 = magnitude, 2 = power spectrogram
+    n_mels: int = 40
+    fmin: float = 0.0  # Hz
+    fmax: Union[float, None] = None  # Hz; None = sample_rate / 2
+    mel_scale: typing.Literal["slaney", "htk"] = "slaney"
+    mel_norm: Union[typing.Literal["slaney"], None] = None  # None: no band normalisation
+    log: typing.Literal["natural", "db", "none"] = "natural"  # natural: ln(mel + log_eps)
+    log_eps: float = 2.220446049250313e-16  # numpy.spacing(1), as in dcase_util
+    deltas: int = 0  # 0: none; 2: stack deltas and delta-deltas as extra channels
+
+    def __post_init__(self):
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length {self.win_length} > n_fft {self.n_fft}")
+        if self.fmax is not None and self.fmax > self.sample_rate / 2:
+            raise ValueError(f"fmax {self.fmax} Hz above Nyquist ({self.sample_rate / 2} Hz)")
+
+
+def load_features(path: str | Path, overrides: list[str] = ()) -> FeatureConfig:
+    data = apply_overrides(read_yaml(path), list(overrides))
+    return from_dict(FeatureConfig, data, str(path))
+
+
+# ---------------------------------------------------------------- recipe
+
+
+@dataclass
+class SyntheticConfig:
+    """Generate the dataset root with `make-dataset` when it does not exist yet."""
+
+    clips_per_class: int = 100
+    seed: int = 0
+    duration: float = 10.0  # seconds
+    sample_rate: int = 48000  # Hz
+
+
+@dataclass
+class DatasetConfig:
+    root: str = "data/quickstart"  # relative to the current directory
+    synthetic: Union[SyntheticConfig, None] = None
+    validation_fraction: float = 0.3  # of the training fold's locations, location-disjoint
+    on_bad_audio: typing.Literal["stop", "skip"] = "stop"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dcase2020_baseline"
+    params: dict[str, Any] = field(default_factory=dict)  # family knobs, checked by the builder
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 16
+    optimizer: typing.Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD only
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 0  # feature-extraction processes: 0 = all cores
+    threads: int = 0  # torch intra-op threads: 0 = torch default
+
+
+@dataclass
+class VariantConfig:
+    """One row of the leaderboard: the trained model after a list of compression steps."""
+
+    name: str
+    compress: list[dict[str, Any]] = field(default_factory=list)
+    label: Union[str, None] = None  # submission label; default from `submission`
+
+
+@dataclass
+class SubmissionConfig:
+    lastname: str = "Lastname"
+    institute: str = "INST"
+    task: str = "task1b"
+
+
+@dataclass
+class Recipe:
+    name: str
+    seed: int = 0
+    features: str = "../features/dcase2020_baseline.yaml"  # relative to the recipe file
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    variants: list[VariantConfig] = field(
+        default_factory=lambda: [VariantConfig("float32"), VariantConfig("float16", [{"method": "float16"}])]
+    )
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    size_policy: str = "dcase2020"
+    cache_dir: str = "cache"  # feature cache, relative to the current directory
+    out_dir: str = "runs"  # run folders are out_dir/<name> unless --out is given
+
+    def __post_init__(self):
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        if not self.variants:
+            raise ValueError("at least one variant is needed")
+
+    def variant_label(self, index: int) -> str:
+        variant = self.variants[index]
+        if variant.label:
+            return variant.label
+        s = self.submission
+        return f"{s.lastname}_{s.institute}_{s.task}_{index + 1}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, FeatureConfig]:
+    """Load a recipe and the feature definition it names; both checked strictly."""
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), list(overrides))
+    recipe = from_dict(Recipe, data, str(path))
+    feature_path = resolve_features_path(path, recipe.features)
+    return recipe, load_features(feature_path)
+
+
+def resolve_features_path(recipe_path: Path, features: str) -> Path:
+    """`features:` is a path relative to the recipe file, or a bare name found in ../features/."""
+    candidate = Path(features)
+    if candidate.is_absolute():
+        return candidate
+    if candidate.suffix in (".yaml", ".yml"):
+        return (recipe_path.parent / candidate).resolve()
+    return (recipe_path.parent.parent / "features" / f"{features}.yaml").resolve()
