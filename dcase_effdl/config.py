@@ -227,6 +227,7 @@ class SyntheticConfig:
 
 @dataclass
 class DatasetConfig:
+    kind: typing.Literal["tau", "digits"] = "tau"  # tau: TAU 2020 layout; digits: sklearn 8x8 images
     root: str = "data/quickstart"  # relative to the current directory
     synthetic: Union[SyntheticConfig, None] = None
     validation_fraction: float = 0.3  # of the training fold's locations, location-disjoint
