@@ -1,0 +1,163 @@
+"""The official DCASE 2020 Task 1B baseline CNN (two conv blocks + two dense layers), in PyTorch.
+
+Port of the Keras model in toni-heittola/dcase2020_task1_baseline:task1b.yaml (learner `cnn`):
+
+    Conv2D 32 (7x7, same) -> BN -> ReLU -> MaxPool 5x5   -> Dropout 0.3
+    Conv2D 64 (7x7, same) -> BN -> ReLU -> MaxPool 4x100 -> Dropout 0.3
+    Flatten (64 x 2 x 1 = 128 for a 40 x 500 input) -> Dense 100 ReLU -> Dropout 0.3 -> Dense n_classes
+
+For 3 classes and one input channel this has 115,219 weights and biases (what the 2020 size rule
+counts: 450.07 KB in float32) and 115,603 values with batch norm, counted like Keras: 4 per channel
+(gamma, beta, moving mean, moving variance; in PyTorch: weight, bias, running_mean, running_var).
+
+The forward pass returns logits; the softmax of the Keras output layer is applied outside (in the
+loss and at evaluation), so the network can be trained with `nn.CrossEntropyLoss`.
+
+Knobs (`model.params` in a recipe):
+    conv_filters: output channels of each conv block, default [32, 64]; one block per entry.
+    kernel_size: conv kernel size (square, stride 1, 'same' padding), default 7.
+    pool_sizes: max-pool size (mel bins, frames) after each block, default [[5, 5], [4, 100]];
+        one entry per conv block. Pooling floors like Keras 'valid' pooling.
+    dense_units: width of the hidden dense layer, default 100.
+    dropout: dropout rate after each conv block and the hidden dense layer, default 0.3.
+    batch_norm: batch norm after each conv, default true (Keras defaults: momentum 0.99 -> torch
+        momentum 0.01, epsilon 1e-3).
+    dense_init: 'uniform' (the baseline's Keras 'uniform' = U(-0.05, 0.05), as in task1b.yaml) or
+        'glorot_uniform' for the dense kernels. Conv kernels are always glorot_uniform, biases zero.
+
+The data shape (n_classes, in_channels, n_mels, n_frames) comes from the dataset and the feature
+definition; the flatten size is computed from it. Input: (batch, in_channels, n_mels, n_frames).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from dcase_effdl.errors import UserError
+from dcase_effdl.models import register
+
+# Keras BatchNormalization defaults (momentum is the weight of the old value there, of the new one here).
+KERAS_BN_MOMENTUM = 0.01
+KERAS_BN_EPS = 1e-3
+# Keras 2 'uniform' initializer = RandomUniform(minval=-0.05, maxval=0.05).
+KERAS_UNIFORM_LIMIT = 0.05
+
+
+class BaselineCNN(nn.Module):
+    """DCASE 2020 Task 1B baseline: conv blocks (conv, BN, ReLU, max-pool, dropout) + two dense layers."""
+
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        in_channels: int,
+        n_mels: int,
+        n_frames: int,
+        conv_filters: Sequence[int],
+        kernel_size: int,
+        pool_sizes: Sequence[Sequence[int]],
+        dense_units: int,
+        dropout: float,
+        batch_norm: bool,
+        dense_init: str,
+    ):
+        super().__init__()
+        blocks = []
+        channels, height, width = in_channels, n_mels, n_frames
+        for filters, (pool_h, pool_w) in zip(conv_filters, pool_sizes):
+            layers: list[nn.Module] = [
+                nn.Conv2d(channels, filters, kernel_size, padding="same", bias=True)
+            ]
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(filters, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM))
+            layers += [nn.ReLU(), nn.MaxPool2d((pool_h, pool_w)), nn.Dropout(dropout)]
+            blocks.append(nn.Sequential(*layers))
+            channels, height, width = filters, height // pool_h, width // pool_w
+        self.features = nn.Sequential(*blocks)
+        self.flatten_size = channels * height * width
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(self.flatten_size, dense_units),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(dense_units, n_classes),
+        )
+        self._init_keras(dense_init)
+
+    def _init_keras(self, dense_init: str) -> None:
+        # Match Keras initial weights: PyTorch's default (kaiming uniform, a=sqrt(5)) trains differently.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) or (isinstance(module, nn.Linear) and dense_init == "glorot_uniform"):
+                nn.init.xavier_uniform_(module.weight)
+            elif isinstance(module, nn.Linear):
+                nn.init.uniform_(module.weight, -KERAS_UNIFORM_LIMIT, KERAS_UNIFORM_LIMIT)
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
+        return self.classifier(self.features(x))
+
+
+@register("dcase2020_baseline")
+def build_baseline(
+    *,
+    n_classes: int,
+    in_channels: int,
+    n_mels: int,
+    n_frames: int,
+    conv_filters: Sequence[int] = (32, 64),
+    kernel_size: int = 7,
+    pool_sizes: Sequence[Sequence[int]] = ((5, 5), (4, 100)),
+    dense_units: int = 100,
+    dropout: float = 0.3,
+    batch_norm: bool = True,
+    dense_init: str = "uniform",
+) -> BaselineCNN:
+    """Build the baseline CNN; knob problems are UserErrors naming the knob (see the module docstring)."""
+    where = "model 'dcase2020_baseline'"
+    conv_filters = list(conv_filters)
+    if not conv_filters or not all(isinstance(f, int) and f > 0 for f in conv_filters):
+        raise UserError(f"{where}: conv_filters must be a non-empty list of positive integers, got {conv_filters}")
+    try:
+        pools = [(int(p[0]), int(p[1])) for p in pool_sizes if len(p) == 2]
+    except (TypeError, ValueError):
+        pools = []
+    if len(pools) != len(list(pool_sizes)) or any(h < 1 or w < 1 for h, w in pools):
+        raise UserError(f"{where}: pool_sizes must be a list of [mel, frames] pairs of positive integers, got {pool_sizes}")
+    if len(pools) != len(conv_filters):
+        raise UserError(
+            f"{where}: pool_sizes has {len(pools)} entries but conv_filters has {len(conv_filters)}; give one pool per conv block"
+        )
+    if not isinstance(kernel_size, int) or kernel_size < 1:
+        raise UserError(f"{where}: kernel_size must be a positive integer, got {kernel_size!r}")
+    if not isinstance(dense_units, int) or dense_units < 1:
+        raise UserError(f"{where}: dense_units must be a positive integer, got {dense_units!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise UserError(f"{where}: dropout must be in [0, 1), got {dropout!r}")
+    if dense_init not in ("uniform", "glorot_uniform"):
+        raise UserError(f"{where}: dense_init must be 'uniform' or 'glorot_uniform', got {dense_init!r}")
+    height, width = n_mels, n_frames
+    for i, (pool_h, pool_w) in enumerate(pools):
+        height, width = height // pool_h, width // pool_w
+        if height == 0 or width == 0:
+            raise UserError(
+                f"{where}: input {n_mels} mels x {n_frames} frames is too small for pool_sizes {[list(p) for p in pools]} "
+                f"(nothing left after pool {i + 1})"
+            )
+    return BaselineCNN(
+        n_classes=n_classes,
+        in_channels=in_channels,
+        n_mels=n_mels,
+        n_frames=n_frames,
+        conv_filters=conv_filters,
+        kernel_size=kernel_size,
+        pool_sizes=pools,
+        dense_units=dense_units,
+        dropout=float(dropout),
+        batch_norm=bool(batch_norm),
+        dense_init=dense_init,
+    )
