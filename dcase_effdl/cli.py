@@ -1,0 +1,132 @@
+"""Command line: `dcase-effdl COMMAND ...` (also `python -m dcase_effdl COMMAND ...`).
+
+    dcase-effdl make-dataset data/quickstart --clips-per-class 100 --seed 0
+    dcase-effdl run recipes/quickstart.yaml [--data DIR] [--out RUNDIR] [--set train.epochs=2]
+    dcase-effdl evaluate runs/quickstart --data DIR [--json]
+    dcase-effdl size dcase2020_baseline|RUNDIR [--policy dcase2020] [--json]
+
+Each command is one small function; problems the user can fix print one line (no traceback
+unless --debug) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dcase_effdl.errors import UserError
+
+
+def cmd_make_dataset(args) -> int:
+    from dcase_effdl.synthetic import make_dataset
+
+    out = make_dataset(Path(args.out), clips_per_class=args.clips_per_class, seed=args.seed,
+                       duration=args.duration, sample_rate=args.sample_rate)
+    print(f"wrote synthetic dataset to {out}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from dcase_effdl.pipeline import run
+
+    run(args.recipe, data=args.data, out=args.out, overrides=args.set)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from dcase_effdl.evaluate import evaluate_run
+
+    results = evaluate_run(args.run_dir, args.data)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for name, m in results.items():
+        classes = ", ".join(f"{c} {v['accuracy']:.1f}" for c, v in m["class_wise"].items() if v["accuracy"] is not None)
+        print(f"{name:<16} macro accuracy {m['accuracy']:5.1f} %  log loss {m['log_loss']:.3f}  "
+              f"({m['n_clips']} clips; {classes})")
+    return 0
+
+
+def _size_reports(target: str, policy: str) -> dict:
+    """One report for a model name, or one per variant for a run folder."""
+    from dcase_effdl import size
+
+    path = Path(target)
+    if path.is_dir():
+        from dcase_effdl.compress import load_variant
+        from dcase_effdl.evaluate import variant_dirs
+
+        return {d.name: size.size_report(load_variant(d / "model.safetensors"), policy=policy) for d in variant_dirs(path)}
+    from dcase_effdl.models import build_model
+
+    return {None: size.size_report(build_model(target), policy=policy)}
+
+
+def cmd_size(args) -> int:
+    from dcase_effdl.size import format_size_table
+
+    reports = _size_reports(args.target, args.policy)
+    keys = ("n_params", "n_nonzero", "size_bytes", "size_kb")
+    if args.json:
+        if list(reports) == [None]:
+            out = {k: reports[None][k] for k in keys}
+        else:
+            out = {name: {k: r[k] for k in keys} for name, r in reports.items()}
+        print(json.dumps(out, indent=2))
+        return 0
+    for name, report in reports.items():
+        if name is not None:
+            print(f"== {name}")
+        print(format_size_table(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dcase-effdl", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-dataset", help="write a synthetic dataset in the TAU 2020 3Class layout")
+    p.add_argument("out")
+    p.add_argument("--clips-per-class", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
+    p.add_argument("--sample-rate", type=int, default=48000, help="Hz")
+    p.set_defaults(func=cmd_make_dataset)
+
+    p = sub.add_parser("run", help="run a recipe end to end")
+    p.add_argument("recipe")
+    p.add_argument("--data", help="dataset root (replaces the recipe's dataset.root)")
+    p.add_argument("--out", help="run folder (default: <out_dir>/<recipe name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("evaluate", help="evaluate a finished run on fold1_evaluate of another dataset")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("size", help="model size table for a model name or each variant of a run")
+    p.add_argument("target", help="model name (e.g. dcase2020_baseline) or run folder")
+    p.add_argument("--policy", default="dcase2020")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_size)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,352 @@
+"""`dcase-effdl run RECIPE`: dataset -> features -> training -> compressed variants -> submission rows.
+
+    dcase-effdl run recipes/quickstart.yaml [--data DIR] [--out RUNDIR] [--set train.epochs=2]
+
+The stages run in order, each leaving an artifact in the run folder that the next one reads:
+
+1. data      dataset root (generated when the recipe asks for synthetic data), layout check
+2. features  log-mel cache (cache/<feature hash>/), normalisation from the training fold
+3. train     train/best.safetensors, train/history.json (skipped when already done for this config)
+4. variants  <variant>/model.safetensors, metrics.json, size.json, <label>.output.csv, <label>.meta.yaml
+5. rows      leaderboard.csv, the printed table, plots and report.html
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from dcase_effdl import __version__
+from dcase_effdl.config import FeatureConfig, Recipe, load_recipe, to_dict
+from dcase_effdl.data_bundle import DataBundle
+from dcase_effdl.errors import UserError
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------- stage 1 + 2: data and features
+
+
+def ensure_dataset(recipe: Recipe, root: Path) -> Path:
+    """Generate the synthetic dataset at `root` when the recipe asks for one and it is not there."""
+    from dcase_effdl.synthetic import make_dataset
+
+    syn = recipe.dataset.synthetic
+    if syn is not None and not (root / "meta.csv").is_file():
+        log(f"[data] generating synthetic dataset in {root} ({syn.clips_per_class} clips per class)")
+        make_dataset(root, clips_per_class=syn.clips_per_class, seed=syn.seed, duration=syn.duration, sample_rate=syn.sample_rate)
+    return root
+
+
+def normalization_stats(x: torch.Tensor) -> dict:
+    """Per-channel, per-band mean and std over clips and frames of the training fold."""
+    mean = x.double().mean(dim=(0, 3))
+    std = x.double().std(dim=(0, 3)).clamp_min(1e-8)
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def normalize(x: torch.Tensor, stats: dict) -> torch.Tensor:
+    mean = torch.tensor(stats["mean"], dtype=torch.float32)[None, :, :, None]
+    std = torch.tensor(stats["std"], dtype=torch.float32)[None, :, :, None]
+    return (x - mean) / std
+
+
+def load_split_features(store, filenames: list[str]) -> torch.Tensor:
+    if not filenames:
+        raise UserError("no clips left in a split after dropping unreadable audio")
+    return torch.from_numpy(np.asarray(store.load_many(filenames), dtype=np.float32))
+
+
+def extract(root: Path, filenames: list[str], feat: FeatureConfig, recipe: Recipe):
+    from dcase_effdl.feature_cache import extract_features
+
+    store = extract_features(
+        root, filenames, feat, Path(recipe.cache_dir), workers=recipe.train.num_workers,
+        on_bad_audio=recipe.dataset.on_bad_audio,
+    )
+    problems = list(getattr(store, "problems", []) or [])
+    if problems:
+        log(f"[features] skipped {len(problems)} unreadable file(s):")
+        for name, reason in problems[:10]:
+            log(f"  {name}: {reason}")
+        if len(problems) > 10:
+            log(f"  ... and {len(problems) - 10} more")
+    return store, {name for name, _ in problems}
+
+
+def tau_bundle(recipe: Recipe, feat: FeatureConfig, root: Path) -> DataBundle:
+    """Features of the TAU layout at `root`: train/val split of fold1_train, test = fold1_evaluate."""
+    from dcase_effdl.dataset import check_layout, load_dataset, validation_split
+
+    ds = load_dataset(root)
+    check_layout(ds)
+    train_clips, val_clips = validation_split(ds.fold("train"), recipe.dataset.validation_fraction, recipe.seed)
+    test_clips = ds.fold("evaluate")
+    names = sorted({c.filename for c in train_clips + val_clips + test_clips})
+    log(f"[features] {len(names)} clips, definition '{feat.name}'")
+    store, bad = extract(root, names, feat, recipe)
+    train_clips, val_clips, test_clips = ([c for c in clips if c.filename not in bad] for clips in (train_clips, val_clips, test_clips))
+
+    x_train = load_split_features(store, [c.filename for c in train_clips])
+    stats = normalization_stats(x_train)
+    x_val = load_split_features(store, [c.filename for c in val_clips]) if val_clips else x_train[:0]
+    x_test = load_split_features(store, [c.filename for c in test_clips])
+    return DataBundle(
+        classes=list(ds.classes),
+        x_train=normalize(x_train, stats),
+        y_train=torch.as_tensor(ds.labels(train_clips), dtype=torch.long),
+        x_val=normalize(x_val, stats),
+        y_val=torch.as_tensor(ds.labels(val_clips), dtype=torch.long),
+        x_test=normalize(x_test, stats),
+        y_test=torch.as_tensor(ds.labels(test_clips), dtype=torch.long),
+        test_filenames=[c.filename for c in test_clips],
+        normalization=stats,
+    )
+
+
+def prepare_data(recipe: Recipe, feat: FeatureConfig, data: str | None) -> DataBundle:
+    if recipe.dataset.kind == "digits":
+        from dcase_effdl.image_data import load_digits_bundle
+
+        return load_digits_bundle(recipe.seed, recipe.dataset.validation_fraction)
+    root = Path(data if data is not None else recipe.dataset.root)
+    if data is None:
+        ensure_dataset(recipe, root)
+    return tau_bundle(recipe, feat, root)
+
+
+# ---------------------------------------------------------------- run folder bookkeeping
+
+
+def config_hash(recipe: Recipe, feat: FeatureConfig, data_root: str) -> str:
+    """Hash of everything the trained model depends on (not the variants: they can change)."""
+    payload = to_dict(recipe)
+    payload.pop("variants")
+    payload.pop("submission")
+    payload["out_dir"] = None
+    payload["dataset"]["root"] = str(Path(data_root).resolve())
+    payload["feature_definition"] = to_dict(feat)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    import librosa
+    import sklearn
+
+    return {
+        "dcase_effdl": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "librosa": librosa.__version__,
+        "scikit_learn": sklearn.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe, feat: FeatureConfig, digest: str) -> None:
+    """Create the run folder; refuse to mix a run of another configuration into it."""
+    marker = run_dir / "config_hash.txt"
+    if marker.is_file() and marker.read_text().strip() != digest:
+        raise UserError(
+            f"{run_dir}: holds a run of a different configuration; choose another folder with --out "
+            "or delete it"
+        )
+    if run_dir.exists() and not marker.is_file() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir}: exists and is not a dcase-effdl run folder; choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    (run_dir / "features.yaml").write_text(yaml.safe_dump(to_dict(feat), sort_keys=False))
+    write_json(run_dir / "environment.json", environment())
+    marker.write_text(digest + "\n")
+
+
+def model_spec(recipe: Recipe, bundle: DataBundle) -> dict:
+    c, f, t = bundle.input_shape
+    return {
+        "name": recipe.model.name,
+        "params": dict(recipe.model.params),
+        "n_classes": bundle.n_classes,
+        "in_channels": c,
+        "n_mels": f,
+        "n_frames": t,
+    }
+
+
+def build(spec: dict) -> torch.nn.Module:
+    from dcase_effdl.models import build_model
+
+    return build_model(
+        spec["name"], spec["params"], n_classes=spec["n_classes"], in_channels=spec["in_channels"],
+        n_mels=spec["n_mels"], n_frames=spec["n_frames"],
+    )
+
+
+# ---------------------------------------------------------------- stage 3: training
+
+
+def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path) -> torch.nn.Module:
+    """Train the float32 parent, or load it when this run folder already finished training."""
+    from dcase_effdl.train import fit, seed_everything
+
+    train_dir = run_dir / "train"
+    best = train_dir / "best.safetensors"
+    seed_everything(recipe.seed)
+    model = build(spec)
+    if best.is_file():
+        log(f"[train] reusing {best}")
+        try:
+            model.load_state_dict(load_file(str(best)))
+        except Exception as exc:  # safetensors raises several types for a damaged file
+            raise UserError(f"{best}: cannot be read ({exc}); delete it to retrain") from None
+        return model.eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"[train] {spec['name']}: {n_params:,} parameters, {recipe.train.epochs} epochs, "
+        f"{len(bundle.x_train)} train / {len(bundle.x_val)} validation clips")
+    history = fit(model, bundle, recipe.train, seed=recipe.seed, out_dir=train_dir)
+    row = history.epochs[history.best_epoch - 1] if history.epochs else {}
+    log(f"[train] best epoch {history.best_epoch}: validation macro accuracy {row.get('val_accuracy', float('nan')):.1f} %")
+    tmp = best.with_name("best.tmp.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, best)
+    return model.eval()
+
+
+# ---------------------------------------------------------------- stage 4: variants
+
+
+@dataclass
+class VariantResult:
+    name: str
+    label: str
+    metrics: dict
+    size: dict
+
+
+def make_context(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, variant_name: str):
+    from dcase_effdl.compress import CompressContext
+    from dcase_effdl.train import fit
+
+    def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=(), **kwargs):
+        fit(model, bundle, recipe.train, seed=recipe.seed, epochs=epochs, lr=lr, loss_fn=loss_fn,
+            hooks=hooks, desc=f"fine-tune {variant_name}", **kwargs)
+        return model
+
+    work_dir = run_dir / "work"
+    work_dir.mkdir(exist_ok=True)
+    return CompressContext(
+        bundle=bundle, fine_tune=fine_tune, seed=recipe.seed, log=lambda m: log(f"[{variant_name}] {m}"),
+        work_dir=work_dir, model_spec=spec, parent_dir=run_dir,
+    )
+
+
+def write_variant_outputs(variant_dir: Path, label: str, variant, bundle: DataBundle, recipe: Recipe) -> VariantResult:
+    from dcase_effdl.metrics import compute_metrics
+    from dcase_effdl.size import size_report
+    from dcase_effdl.submission import write_meta_yaml, write_output_csv
+    from dcase_effdl.train import predict
+
+    probs = predict(variant.module, bundle.x_test)
+    metrics = compute_metrics(bundle.y_test.numpy(), probs, bundle.classes)
+    size = size_report(variant, policy=recipe.size_policy)
+    write_json(variant_dir / "metrics.json", metrics)
+    write_json(variant_dir / "size.json", size)
+    write_output_csv(variant_dir / f"{label}.output.csv", bundle.test_filenames, probs, bundle.classes)
+    write_meta_yaml(variant_dir / f"{label}.meta.yaml", label, metrics, size)
+    return VariantResult(variant_dir.name, label, metrics, size)
+
+
+def make_variants(recipe: Recipe, parent: torch.nn.Module, bundle: DataBundle, spec: dict, run_dir: Path) -> list[VariantResult]:
+    from dcase_effdl.compress import apply_steps, parse_steps
+
+    results = []
+    for i, vc in enumerate(recipe.variants):
+        label = recipe.variant_label(i)
+        steps = parse_steps(vc.compress, f"variants[{i}].compress")
+        variant_dir = run_dir / vc.name
+        variant_dir.mkdir(exist_ok=True)
+        log(f"[{vc.name}] compress: {' -> '.join(s.get('method', '?') for s in vc.compress) or 'none'}")
+        variant = apply_steps(parent, steps, make_context(recipe, bundle, spec, run_dir, vc.name))
+        variant.save(variant_dir / "model.safetensors")
+        results.append(write_variant_outputs(variant_dir, label, variant, bundle, recipe))
+        m, s = results[-1].metrics, results[-1].size
+        log(f"[{vc.name}] macro accuracy {m['accuracy']:.1f} %, log loss {m['log_loss']:.3f}, "
+            f"{s['size_kb']:.2f} KB")
+    return results
+
+
+# ---------------------------------------------------------------- stage 5: rows
+
+
+def write_rows(run_dir: Path) -> str:
+    from dcase_effdl.leaderboard import format_table, rows_from_run, write_leaderboard_csv
+
+    rows = rows_from_run(run_dir)
+    write_leaderboard_csv(run_dir / "leaderboard.csv", rows)
+    return format_table(rows)
+
+
+def write_pictures(run_dir: Path) -> None:
+    """Plots and report.html; a failure here never loses the numbers already written."""
+    try:
+        from dcase_effdl.plots import write_run_plots
+        from dcase_effdl.report import write_report
+    except ImportError:
+        return
+    write_run_plots(run_dir)
+    write_report(run_dir)
+
+
+def run(recipe_path: str | Path, data: str | None = None, out: str | None = None, overrides: list[str] = ()) -> Path:
+    """Run a recipe end to end and return its run folder."""
+    from dcase_effdl.compress import parse_steps
+
+    recipe, feat = load_recipe(recipe_path, overrides)
+    for i, vc in enumerate(recipe.variants):  # fail on a bad step before any work
+        parse_steps(vc.compress, f"{recipe_path}: variants[{i}].compress")
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    run_dir = Path(out) if out else Path(recipe.out_dir) / recipe.name
+    data_root = data if data is not None else recipe.dataset.root
+
+    bundle = prepare_data(recipe, feat, data)
+    prepare_run_dir(run_dir, recipe, feat, config_hash(recipe, feat, data_root))
+    write_json(run_dir / "normalization.json", bundle.normalization)
+    spec = model_spec(recipe, bundle)
+    parent = train_parent(recipe, bundle, spec, run_dir)
+    make_variants(recipe, parent, bundle, spec, run_dir)
+    table = write_rows(run_dir)
+    write_pictures(run_dir)
+    log("")
+    log(table)
+    log(f"\nrun folder: {run_dir}")
+    return run_dir
