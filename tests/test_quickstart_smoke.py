@@ -1,0 +1,97 @@
+"""Smoke: the quickstart recipe runs end to end on a tiny generated set and leaves its files."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "dcase_effdl", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("quick")
+    proc = run_cli(
+        "run", str(REPO / "recipes" / "quickstart.yaml"), "--out", "runs/q",
+        "--set", "train.epochs=2", "--set", "dataset.root=data/tiny",
+        "--set", "dataset.synthetic.clips_per_class=8", "--set", "cache_dir=cache",
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, proc
+
+
+def test_quickstart_writes_rows_and_submission(quick_run):
+    work, proc = quick_run
+    run_dir = work / "runs" / "q"
+    assert "float32" in proc.stdout and "float16" in proc.stdout
+    for name in ("config.yaml", "features.yaml", "environment.json", "normalization.json", "leaderboard.csv", "train/history.json"):
+        assert (run_dir / name).is_file(), name
+    test_files = (work / "data/tiny/evaluation_setup/fold1_evaluate.csv").read_text().splitlines()[1:]
+    for variant, label in (("float32", "Lastname_INST_task1b_1"), ("float16", "Lastname_INST_task1b_2")):
+        vdir = run_dir / variant
+        metrics = json.loads((vdir / "metrics.json").read_text())
+        size = json.loads((vdir / "size.json").read_text())
+        assert metrics["n_clips"] == len(test_files)
+        assert 0.0 <= metrics["accuracy"] <= 100.0
+        assert size["n_params"] == 115219
+        rows = list(csv.reader(open(vdir / f"{label}.output.csv"), delimiter="\t"))
+        assert rows[0] == ["filename", "scene_label", "indoor", "outdoor", "transportation"]
+        assert len(rows) - 1 == len(test_files)
+        assert (vdir / f"{label}.meta.yaml").is_file()
+    sizes = {v: json.loads((run_dir / v / "size.json").read_text())["size_kb"] for v in ("float32", "float16")}
+    assert sizes["float32"] == pytest.approx(450.07, abs=0.01)
+    assert sizes["float16"] == pytest.approx(450.07 / 2, abs=0.01)
+
+
+def test_rerun_reuses_training(quick_run):
+    work, _ = quick_run
+    proc = run_cli(
+        "run", str(REPO / "recipes" / "quickstart.yaml"), "--out", "runs/q",
+        "--set", "train.epochs=2", "--set", "dataset.root=data/tiny",
+        "--set", "dataset.synthetic.clips_per_class=8", "--set", "cache_dir=cache",
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[train] reusing" in proc.stdout
+
+
+def test_other_config_refuses_the_folder(quick_run):
+    work, _ = quick_run
+    proc = run_cli(
+        "run", str(REPO / "recipes" / "quickstart.yaml"), "--out", "runs/q",
+        "--set", "train.epochs=3", "--set", "dataset.root=data/tiny",
+        "--set", "dataset.synthetic.clips_per_class=8", "--set", "cache_dir=cache",
+        cwd=work,
+    )
+    assert proc.returncode == 2
+    assert "holds a run of a different configuration" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_size_json_without_data():
+    proc = run_cli("size", "dcase2020_baseline", "--json", cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["n_params"] == 115219 and out["size_kb"] == pytest.approx(450.07, abs=0.005)
+
+
+def test_unknown_recipe_key_is_one_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\ntrian: {}\n")
+    proc = run_cli("run", str(recipe), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "unknown key 'trian'" in proc.stderr
+
+
+def test_missing_data_root_is_one_line(tmp_path):
+    proc = run_cli("run", str(REPO / "recipes" / "quickstart.yaml"), "--data", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "nowhere" in proc.stderr and "Traceback" not in proc.stderr
