@@ -4,6 +4,7 @@
     dcase-effdl run recipes/quickstart.yaml [--data DIR] [--out RUNDIR] [--set train.epochs=2]
     dcase-effdl evaluate runs/quickstart --data DIR [--json]
     dcase-effdl size dcase2020_baseline|RUNDIR [--policy dcase2020] [--json]
+    dcase-effdl download tau2020-3class-development --to data [--mirror URL]
 
 Each command is one small function; problems the user can fix print one line (no traceback
 unless --debug) and exit with status 2.
@@ -83,6 +84,24 @@ def cmd_size(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    from dcase_effdl import download
+
+    catalog = download.load_catalog(args.catalog)
+    if args.name is None or args.name not in catalog:
+        if args.name is not None:
+            raise UserError(f"unknown dataset '{args.name}'; available: {', '.join(catalog)}")
+        print(download.format_catalog(catalog))
+        return 0
+    if args.to is None:
+        raise UserError("download: --to DIR is required (the dataset is extracted into DIR/<folder>)")
+    content = args.content.split(",") if args.content else None
+    download.download_dataset(catalog[args.name], args.to, mirror=args.mirror, content=content,
+                              delete_zips=args.delete_zips, retries=args.retries,
+                              space_check=not args.no_space_check)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcase-effdl", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -114,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="dcase2020")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_size)
+
+    p = sub.add_parser("download", help="download, verify and extract an official DCASE dataset")
+    p.add_argument("name", nargs="?", help="dataset name; omit to list the available ones")
+    p.add_argument("--to", help="folder to download and extract into")
+    p.add_argument("--mirror", help="base URL to fetch the files from (default: $DCASE_EFFDL_MIRROR or Zenodo)")
+    p.add_argument("--content", help="comma-separated subset of documentation,meta,audio (default: all)")
+    p.add_argument("--delete-zips", action="store_true", help="delete each zip once extracted")
+    p.add_argument("--retries", type=int, default=5, help="resume attempts per file after a broken connection")
+    p.add_argument("--no-space-check", action="store_true", help="do not stop when the disk looks too small")
+    p.add_argument("--catalog", help="a JSON file list in the format of dcase_effdl/data/downloads.json")
+    p.set_defaults(func=cmd_download)
 
     return parser
 

@@ -248,3 +248,55 @@ def test_catalog_file_errors_are_one_line(tmp_path):
     bad.write_text(json.dumps({"datasets": {"x": {"url": "u", "folder": "f", "files": [{"name": "a.zip"}]}}}))
     with pytest.raises(UserError, match=r"list.json: dataset 'x': malformed entry"):
         download.load_catalog(bad)
+
+
+def _tau_zips(drop: str | None = None) -> dict[str, bytes]:
+    """A 3-clip dataset in the TAU 2020 3Class layout, as meta + audio zips (optionally missing a clip)."""
+    names = ["airport-lisbon-1000-40000-a", "park-paris-12-400-a", "tram-vienna-7-100-a"]
+    labels = ["indoor", "outdoor", "transportation"]
+    meta = "filename\tscene_label\tidentifier\tsource_label\n" + "".join(
+        f"audio/{n}.wav\t{lab}\t{'-'.join(n.split('-')[1:3])}\ta\n" for n, lab in zip(names, labels)
+    )
+    fold = "filename\tscene_label\n" + "".join(f"audio/{n}.wav\t{lab}\n" for n, lab in zip(names, labels))
+    test = "filename\n" + "".join(f"audio/{n}.wav\n" for n in names)
+    setup = f"{FOLDER}/evaluation_setup"
+    audio = {f"{FOLDER}/audio/{n}.wav": random.Random(n).randbytes(2000) for n in names if n != drop}
+    return {
+        "tau.meta.zip": _zip({f"{FOLDER}/meta.csv": meta.encode(), f"{setup}/fold1_train.csv": fold.encode(),
+                              f"{setup}/fold1_evaluate.csv": fold.encode(), f"{setup}/fold1_test.csv": test.encode()}),
+        "tau.audio.1.zip": _zip(audio),
+    }
+
+
+def _write_catalog(path: Path, zips: dict[str, bytes]) -> Path:
+    spec = _spec(zips)
+    entry = {"title": "t", "url": "http://invalid.example/", "folder": FOLDER, "files": [
+        {"name": f.name, "size_bytes": f.size_bytes, "md5": f.md5, "content": f.content} for f in spec.files]}
+    path.write_text(json.dumps({"datasets": {"tiny": entry}}))
+    return path
+
+
+def test_cli_download_ends_with_the_layout_check(tmp_path, capsys):
+    from dcase_effdl.cli import main
+
+    zips = _tau_zips()
+    catalog = _write_catalog(tmp_path / "list.json", zips)
+    with _Server(zips) as server:
+        rc = main(["download", "tiny", "--to", str(tmp_path / "data"), "--mirror", server.url, "--catalog", str(catalog)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "layout check: 3 clips, all audio files present" in out
+    assert f"dataset root: {tmp_path / 'data' / FOLDER}" in out
+
+
+def test_cli_download_reports_missing_audio_after_extraction(tmp_path, capsys):
+    from dcase_effdl.cli import main
+
+    zips = _tau_zips(drop="park-paris-12-400-a")
+    catalog = _write_catalog(tmp_path / "list.json", zips)
+    with _Server(zips) as server:
+        rc = main(["download", "tiny", "--to", str(tmp_path / "data"), "--mirror", server.url, "--catalog", str(catalog)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: 1 of 3 audio files missing") and "audio/park-paris-12-400-a.wav" in err
+    assert len(err.strip().splitlines()) == 1
