@@ -1,0 +1,171 @@
+"""Read an audio file into a float32 (channels, samples) array at the feature definition's rate."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from dcase_effdl.config import FeatureConfig
+from dcase_effdl.errors import UserError
+
+# A clip shorter than this fraction of `FeatureConfig.duration` is an error, not something to pad:
+# it is almost always a truncated download or a wrong file, and padding would hide it.
+MIN_DURATION_FRACTION = 0.5
+
+# libsndfile's log for a WAV whose data chunk runs past the end of the file: "data : 1440000 (should be 287964)".
+_WAV_TRUNCATED = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Streaming writers leave the data size as 0 or all ones; those files are not truncated.
+_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
+
+
+class AudioProblem(UserError):
+    """A bad audio file: `str()` is `"<path>: <reason>"`; `reason` alone is kept for summaries."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self):  # picklable across worker processes
+        return (AudioProblem, (self.path, self.reason))
+
+
+def _open_reason(exc: Exception) -> str:
+    """libsndfile's message without the "Error opening '<path>': " prefix (the path is named already)."""
+    text = str(exc).strip()
+    text = re.sub(r"^Error opening .*?: ", "", text)
+    text = re.sub(r"^Error\s*:\s*", "", text)
+    return text.rstrip(".") or type(exc).__name__
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise AudioProblem(path, "file not found")
+    if not path.is_file():
+        raise AudioProblem(path, "not a file")
+    if path.stat().st_size == 0:
+        raise AudioProblem(path, "empty file (0 bytes)")
+
+
+def _open(path: Path) -> sf.SoundFile:
+    _check_file(path)
+    try:
+        return sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioProblem(path, f"not a readable audio file ({_open_reason(exc)})") from None
+
+
+def _check_truncated_wav(path: Path, f: sf.SoundFile) -> None:
+    """A WAV cut short (interrupted copy) still opens; libsndfile only logs the size mismatch."""
+    if f.format not in ("WAV", "WAVEX", "RF64"):
+        return
+    match = _WAV_TRUNCATED.search(f.extra_info)
+    if not match:
+        return
+    header_bytes, actual_bytes = int(match.group(1)), int(match.group(2))
+    if header_bytes in _WAV_UNKNOWN_SIZES or actual_bytes >= header_bytes:
+        return
+    frame_bytes = f.channels * _bytes_per_sample(f.subtype)
+    if frame_bytes:
+        header_s = header_bytes / frame_bytes / f.samplerate
+        actual_s = actual_bytes / frame_bytes / f.samplerate
+        raise AudioProblem(
+            path, f"truncated WAV file (header says {header_s:.1f} s of audio, the file holds {actual_s:.1f} s)"
+        )
+    raise AudioProblem(path, f"truncated WAV file (header says {header_bytes} data bytes, the file holds {actual_bytes})")
+
+
+def _bytes_per_sample(subtype: str) -> int:
+    return {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}.get(subtype, 0)
+
+
+def audio_info(path: str | Path) -> dict:
+    """Header facts without decoding: sample_rate (Hz), channels, frames, duration (s), subtype, format.
+
+    Raises AudioProblem (a UserError) for a missing, empty, unreadable or truncated file.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        _check_truncated_wav(path, f)
+        return {
+            "sample_rate": int(f.samplerate),
+            "channels": int(f.channels),
+            "frames": int(f.frames),
+            "duration": f.frames / f.samplerate if f.samplerate else 0.0,
+            "subtype": f.subtype,
+            "format": f.format,
+        }
+
+
+def resample(audio: np.ndarray, rate_in: int, rate_out: int, method: str) -> np.ndarray:
+    """Resample float32 (channels, samples) audio from `rate_in` to `rate_out` Hz."""
+    if rate_in == rate_out:
+        return audio
+    if method in ("soxr_hq", "soxr_vhq"):
+        import soxr
+
+        quality = "HQ" if method == "soxr_hq" else "VHQ"
+        # soxr wants (samples, channels) and keeps float32 as float32.
+        out = soxr.resample(np.ascontiguousarray(audio.T), rate_in, rate_out, quality=quality)
+        return np.ascontiguousarray(out.T, dtype=np.float32)
+    if method == "scipy":
+        from scipy.signal import resample_poly
+
+        g = math.gcd(int(rate_in), int(rate_out))
+        out = resample_poly(audio, rate_out // g, rate_in // g, axis=-1)
+        return out.astype(np.float32, copy=False)
+    raise ValueError(f"unknown resampler {method!r}")
+
+
+def load_audio(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
+    """Audio as float32 (channels, samples) at `cfg.sample_rate` Hz, fitted to `cfg.duration` seconds.
+
+    channels: 1 for `cfg.channels == 'mono'` (mean of the file's channels), 2 for 'stereo' (a mono
+    file is duplicated). Clips are zero-padded at the end or cut to `cfg.duration` when it is set.
+    Any problem (missing, empty, unreadable, truncated, no samples, much shorter than
+    `cfg.duration`) raises AudioProblem, a UserError naming the file.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        _check_truncated_wav(path, f)
+        rate = int(f.samplerate)
+        if f.frames == 0:
+            raise AudioProblem(path, "no audio samples (0 frames)")
+        if cfg.duration is not None:
+            # Read only what the clip needs (+1 s margin for the resampler's edge), not a whole long file.
+            want = min(f.frames, int(math.ceil((cfg.duration + 1.0) * rate)))
+        else:
+            want = f.frames
+        try:
+            data = f.read(frames=want, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioProblem(path, f"cannot decode audio ({_open_reason(exc)})") from None
+    if data.shape[0] == 0:
+        raise AudioProblem(path, "no audio samples (0 frames)")
+    length_s = data.shape[0] / rate
+    if cfg.duration is not None and length_s < MIN_DURATION_FRACTION * cfg.duration:
+        raise AudioProblem(path, f"{length_s:.1f} s long, expected {cfg.duration:.1f} s")
+    if not np.isfinite(data).all():
+        raise AudioProblem(path, "audio contains NaN or infinite samples")
+
+    audio = data.T  # (channels, samples)
+    if cfg.channels == "mono":
+        audio = audio.mean(axis=0, keepdims=True, dtype=np.float32) if audio.shape[0] > 1 else audio
+    else:
+        if audio.shape[0] == 1:
+            audio = np.repeat(audio, 2, axis=0)
+        elif audio.shape[0] != 2:
+            raise AudioProblem(path, f"{audio.shape[0]} channels; stereo features need a mono or 2-channel file")
+    audio = resample(np.ascontiguousarray(audio, dtype=np.float32), rate, cfg.sample_rate, cfg.resample)
+
+    if cfg.duration is not None:
+        n = int(round(cfg.duration * cfg.sample_rate))
+        if audio.shape[1] >= n:
+            audio = audio[:, :n]
+        else:
+            audio = np.pad(audio, ((0, 0), (0, n - audio.shape[1])))
+    return np.ascontiguousarray(audio, dtype=np.float32)
