@@ -5,6 +5,7 @@
     dcase-effdl evaluate runs/quickstart --data DIR [--json]
     dcase-effdl size dcase2020_baseline|RUNDIR [--policy dcase2020] [--json]
     dcase-effdl download tau2020-3class-development --to data [--mirror URL]
+    dcase-effdl check-data DIR [--json]
 
 Each command is one small function; problems the user can fix print one line (no traceback
 unless --debug) and exit with status 2.
@@ -102,6 +103,14 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_check_data(args) -> int:
+    from dcase_effdl.check_data import check_data, format_report
+
+    report = check_data(args.root, workers=args.workers)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcase-effdl", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -144,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-space-check", action="store_true", help="do not stop when the disk looks too small")
     p.add_argument("--catalog", help="a JSON file list in the format of dcase_effdl/data/downloads.json")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("check-data", help="check a dataset folder: layout, audio headers, summary")
+    p.add_argument("root", help="dataset root (the folder with meta.csv)")
+    p.add_argument("--workers", type=int, default=0, help="header-reading threads (0: automatic)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check_data)
 
     return parser
 
