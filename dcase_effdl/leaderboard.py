@@ -1,0 +1,199 @@
+"""Leaderboard rows from a run folder (one per variant), written as CSV and printed as a ranked table.
+
+A row is a plain dict with the columns of the DCASE 2020 Task 1B results table plus where it came
+from. Keys (and the headers used in files and tables, see COLUMNS):
+
+    rank                   Rank                   1 = highest accuracy (set by `rank_rows`)
+    label                  Submission label       from `<variant>/<label>.meta.yaml`, else None
+    accuracy               Accuracy (%)           macro average of class-wise accuracy, percent
+    log_loss               Logloss                over all clips
+    n_params               Parameters             counted values (weights and biases)
+    n_nonzero              Non-zero parameters
+    sparsity               Sparsity (%)           100 * zeros / n_params
+    size_kb                Size (KB)              KB = 1024 B, as the size policy counts it
+    complexity_management  Complexity management  e.g. 'float16', 'pruning + float16'
+    run, variant           Run, Variant           run folder name, variant folder name
+    size_bytes, limit_bytes, policy, over_limit   the size policy's verdict (limit_bytes may be None)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dcase_effdl.errors import UserError
+
+COLUMNS: list[tuple[str, str]] = [
+    ("rank", "Rank"),
+    ("label", "Submission label"),
+    ("accuracy", "Accuracy (%)"),
+    ("log_loss", "Logloss"),
+    ("n_params", "Parameters"),
+    ("n_nonzero", "Non-zero parameters"),
+    ("sparsity", "Sparsity (%)"),
+    ("size_kb", "Size (KB)"),
+    ("complexity_management", "Complexity management"),
+    ("run", "Run"),
+    ("variant", "Variant"),
+    ("size_bytes", "Size (bytes)"),
+    ("limit_bytes", "Limit (bytes)"),
+    ("policy", "Size policy"),
+    ("over_limit", "Over limit"),
+]
+
+# Digits after the point in leaderboard.csv and in the printed table.
+_CSV_DIGITS = {"accuracy": 2, "log_loss": 4, "sparsity": 2, "size_kb": 2}
+_TABLE_DIGITS = {"accuracy": 1, "log_loss": 3, "sparsity": 1, "size_kb": 2}
+_TABLE_KEYS = ["rank", "label", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity", "size_kb",
+               "complexity_management", "variant"]
+_OVER_MARK = "*"
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (has this variant finished?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
+
+
+def _need(data: dict, key: str, path: Path) -> Any:
+    if key not in data:
+        raise UserError(f"{path}: missing key '{key}'")
+    return data[key]
+
+
+def _label(variant_dir: Path) -> str | None:
+    """The submission label, from the name of the meta YAML (or output CSV) the variant wrote."""
+    for suffix in (".meta.yaml", ".output.csv"):
+        found = sorted(variant_dir.glob(f"*{suffix}"))
+        if len(found) == 1:
+            return found[0].name[: -len(suffix)]
+    return None
+
+
+def row_from_variant(run_dir: str | Path, variant_name: str) -> dict:
+    """The leaderboard row of `<run_dir>/<variant_name>` from its metrics.json and size.json."""
+    run_dir = Path(run_dir)
+    variant_dir = run_dir / variant_name
+    metrics_path, size_path = variant_dir / "metrics.json", variant_dir / "size.json"
+    metrics, size = _read_json(metrics_path), _read_json(size_path)
+    n_params = int(_need(size, "n_params", size_path))
+    n_nonzero = int(_need(size, "n_nonzero", size_path))
+    size_kb = float(_need(size, "size_kb", size_path))
+    size_bytes = size.get("size_bytes")
+    limit_bytes = size.get("limit_bytes")
+    accuracy, log_loss = _need(metrics, "accuracy", metrics_path), _need(metrics, "log_loss", metrics_path)
+    return {
+        "rank": None,
+        "label": _label(variant_dir),
+        "accuracy": None if accuracy is None else float(accuracy),
+        "log_loss": None if log_loss is None else float(log_loss),
+        "n_params": n_params,
+        "n_nonzero": n_nonzero,
+        "sparsity": 100.0 * (n_params - n_nonzero) / n_params if n_params else 0.0,
+        "size_kb": size_kb,
+        "complexity_management": size.get("complexity_management") or "",
+        "run": run_dir.name,
+        "variant": variant_name,
+        "size_bytes": None if size_bytes is None else int(size_bytes),
+        "limit_bytes": None if limit_bytes is None else int(limit_bytes),
+        "policy": size.get("policy"),
+        "over_limit": bool(size_bytes is not None and limit_bytes is not None and size_bytes > limit_bytes),
+    }
+
+
+def _variant_names(run_dir: Path) -> list[str]:
+    """Variants in recipe order (from config.yaml) when it is readable, else folders in name order."""
+    config = run_dir / "config.yaml"
+    try:
+        variants = yaml.safe_load(config.read_text(encoding="utf-8"))["variants"]
+        return [str(v["name"]) for v in variants]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return sorted(p.name for p in run_dir.iterdir() if p.is_dir())
+
+
+def rows_from_run(run_dir: str | Path) -> list[dict]:
+    """Rows of every finished variant (a folder with metrics.json) of a run, ranked by accuracy."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    names = [n for n in _variant_names(run_dir) if (run_dir / n / "metrics.json").is_file()]
+    if not names:
+        raise UserError(f"{run_dir}: no finished variant (no <variant>/metrics.json)")
+    return rank_rows([row_from_variant(run_dir, n) for n in names])
+
+
+def rank_rows(rows: list[dict]) -> list[dict]:
+    """Rows sorted by accuracy (highest first; smaller size breaks ties; no accuracy last), ranks set."""
+    ranked = sorted(
+        rows,
+        key=lambda r: (r["accuracy"] is None, -(r["accuracy"] or 0.0), r["size_kb"] or 0.0),
+    )
+    return [dict(row, rank=i + 1) for i, row in enumerate(ranked)]
+
+
+def write_leaderboard_csv(path: str | Path, rows: list[dict]) -> Path:
+    """Write the ranked rows with the COLUMNS headers (comma-separated, empty cell for None)."""
+    path = Path(path)
+    if not rows:
+        raise UserError(f"{path}: refusing to write a leaderboard without rows")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow([header for _, header in COLUMNS])
+        for row in rank_rows(rows):
+            writer.writerow([_csv_cell(key, row.get(key)) for key, _ in COLUMNS])
+    return path
+
+
+def _csv_cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if key in _CSV_DIGITS:
+        return f"{value:.{_CSV_DIGITS[key]}f}"
+    return str(value)
+
+
+def _table_cell(key: str, row: dict) -> str:
+    value = row.get(key)
+    if value is None or value == "":
+        return "-"
+    if key in _TABLE_DIGITS:
+        text = f"{value:,.{_TABLE_DIGITS[key]}f}"
+        if key == "size_kb":  # the mark (or room for it) keeps the decimal points aligned
+            text += f" {_OVER_MARK}" if row.get("over_limit") else "  "
+        return text
+    if key in ("n_params", "n_nonzero"):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_table(rows: list[dict]) -> str:
+    """Aligned plain-text table ranked by accuracy; sizes over their policy's limit marked with '*'."""
+    rows = rank_rows(rows)
+    headers = dict(COLUMNS)
+    cells = [[headers[k] for k in _TABLE_KEYS]] + [[_table_cell(k, r) for k in _TABLE_KEYS] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(_TABLE_KEYS))]
+    numeric = {"rank", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity", "size_kb"}
+
+    def fmt(line: list[str]) -> str:
+        parts = [
+            text.rjust(w) if key in numeric else text.ljust(w) for key, text, w in zip(_TABLE_KEYS, line, widths)
+        ]
+        return "  ".join(parts).rstrip()
+
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(line) for line in cells[1:]]
+    over = sorted({(r.get("policy") or "?", r["limit_bytes"]) for r in rows if r.get("over_limit")})
+    if over:
+        limits = ", ".join(f"{policy}: {limit / 1024:,.2f} KB" for policy, limit in over)
+        lines.append(f"{_OVER_MARK} over the size limit ({limits})")
+    return "\n".join(lines)
