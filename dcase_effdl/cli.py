@@ -111,6 +111,15 @@ def cmd_check_data(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_validate(args) -> int:
+    from dcase_effdl.validate import dataset_test_files, format_report, validate_package
+
+    expected = dataset_test_files(args.dataset) if args.dataset else None
+    report = validate_package(args.package, expected)
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcase-effdl", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -159,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="header-reading threads (0: automatic)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_data)
+
+    p = sub.add_parser("validate", help="check a DCASE 2020 Task 1B submission package (zip or folder)")
+    p.add_argument("package", help="package zip or folder (task1/<label>/...)")
+    p.add_argument("--dataset", help="expect the test split of this dataset (default: the 8,640 evaluation files)")
+    p.set_defaults(func=cmd_validate)
 
     return parser
 
