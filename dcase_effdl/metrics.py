@@ -49,7 +49,9 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -
     sums = probs.sum(axis=1)
     worst = int(np.argmax(np.abs(sums - 1)))
     if abs(sums[worst] - 1) > _SUM_TOLERANCE:
-        raise ValueError(f"probs row {worst} sums to {sums[worst]:.6g}, not 1: pass probabilities (softmax), not logits")
+        raise ValueError(
+            f"probs row {worst} sums to {sums[worst]:.6g}, not 1: pass probabilities (softmax), not logits"
+        )
     probs = probs / sums[:, None]
 
     labels = list(range(n_classes))

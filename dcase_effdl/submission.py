@@ -125,7 +125,8 @@ def read_output_csv(path: str | Path) -> tuple[list[str], list[str], np.ndarray,
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
     if not rows or rows[0][:2] != ["filename", "scene_label"] or len(rows[0]) < 3:
-        raise UserError(f"{path}: header must be 'filename<TAB>scene_label<TAB><class>...', got {rows[0] if rows else 'an empty file'}")
+        found = rows[0] if rows else "an empty file"
+        raise UserError(f"{path}: header must be 'filename<TAB>scene_label<TAB><class>...', got {found}")
     classes = rows[0][2:]
     filenames, labels, probs = [], [], []
     for line, row in enumerate(rows[1:], start=2):
@@ -178,7 +179,8 @@ def write_meta_yaml(
     system = dict(system or {})
     unknown = sorted(set(system) - set(DESCRIPTION_DEFAULTS))
     if unknown:
-        raise UserError(f"{path}: unknown system.description field '{unknown[0]}' (known: {', '.join(DESCRIPTION_DEFAULTS)})")
+        known = ", ".join(DESCRIPTION_DEFAULTS)
+        raise UserError(f"{path}: unknown system.description field '{unknown[0]}' (known: {known})")
     for key in ("n_params", "n_nonzero", "size_kb"):
         if key not in size:
             raise ValueError(f"size report lacks '{key}' (has {sorted(size)})")

@@ -127,16 +127,19 @@ def build_baseline(
     except (TypeError, ValueError):
         pools = []
     if len(pools) != len(list(pool_sizes)) or any(h < 1 or w < 1 for h, w in pools):
-        raise UserError(f"{where}: pool_sizes must be a list of [mel, frames] pairs of positive integers, got {pool_sizes}")
+        raise UserError(
+            f"{where}: pool_sizes must be a list of [mel, frames] pairs of positive integers, got {pool_sizes}"
+        )
     if len(pools) != len(conv_filters):
         raise UserError(
-            f"{where}: pool_sizes has {len(pools)} entries but conv_filters has {len(conv_filters)}; give one pool per conv block"
+            f"{where}: pool_sizes has {len(pools)} entries but conv_filters has {len(conv_filters)}; "
+            "give one pool per conv block"
         )
     if not isinstance(kernel_size, int) or kernel_size < 1:
         raise UserError(f"{where}: kernel_size must be a positive integer, got {kernel_size!r}")
     if not isinstance(dense_units, int) or dense_units < 1:
         raise UserError(f"{where}: dense_units must be a positive integer, got {dense_units!r}")
-    if not 0.0 <= float(dropout) < 1.0:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise UserError(f"{where}: dropout must be in [0, 1), got {dropout!r}")
     if dense_init not in ("uniform", "glorot_uniform"):
         raise UserError(f"{where}: dense_init must be 'uniform' or 'glorot_uniform', got {dense_init!r}")
@@ -145,8 +148,8 @@ def build_baseline(
         height, width = height // pool_h, width // pool_w
         if height == 0 or width == 0:
             raise UserError(
-                f"{where}: input {n_mels} mels x {n_frames} frames is too small for pool_sizes {[list(p) for p in pools]} "
-                f"(nothing left after pool {i + 1})"
+                f"{where}: input {n_mels} mels x {n_frames} frames is too small for pool_sizes "
+                f"{[list(p) for p in pools]} (nothing left after pool {i + 1})"
             )
     return BaselineCNN(
         n_classes=n_classes,
