@@ -18,7 +18,7 @@ from dcase_effdl.errors import UserError
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 # Family modules imported on first use (no work at import time of the package).
-_FAMILY_MODULES = ["dcase_effdl.models.baseline"]
+_FAMILY_MODULES = ["dcase_effdl.models.baseline", "dcase_effdl.models.small_cnn"]
 
 
 def register(name: str):
