@@ -1,0 +1,80 @@
+"""Apply a variant's compression steps in order to a copy of the trained model, logging size each step."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from dcase_effdl.compress.registry import StepConfig, get_method
+from dcase_effdl.compress.variant import Variant
+from dcase_effdl.errors import UserError
+
+
+@dataclass
+class CompressContext:
+    """What a step may use: data for calibration / fine-tuning, a seed, a log and folders.
+
+    `fine_tune(model, epochs, lr=None, loss_fn=None, hooks=()) -> model` trains in place on
+    `bundle.x_train` (the pipeline passes a closure over `train.fit`). `model_spec` rebuilds the
+    float architecture (name, params, n_classes, in_channels, n_mels, n_frames).
+    """
+
+    bundle: Any = None
+    fine_tune: Callable[..., nn.Module] | None = None
+    seed: int = 0
+    log: Callable[[str], None] = field(default=lambda message: None)
+    work_dir: Path | None = None
+    model_spec: dict | None = None
+    parent_dir: Path | None = None
+    size_policy: str = "dcase2020"  # policy of the per-step size log and Variant.history
+
+    def need_data(self, where: str, what: str):
+        if self.bundle is None or getattr(self.bundle, "x_train", None) is None or len(self.bundle.x_train) == 0:
+            raise UserError(f"{where}: {what} needs training data (no data bundle was given)")
+        return self.bundle
+
+    def need_fine_tune(self, where: str, what: str):
+        if self.fine_tune is None:
+            raise UserError(f"{where}: {what} needs fine-tuning, which this context does not offer")
+        return self.fine_tune
+
+
+def apply_steps(model: nn.Module, steps: list[StepConfig], ctx: CompressContext) -> Variant:
+    """Deep-copy `model` (the parent is shared by all variants) and apply `steps` in order."""
+    from dcase_effdl.size import size_report
+
+    module = copy.deepcopy(model).eval()
+    history, metas = [], []
+    before = size_report(module, policy=ctx.size_policy)
+    for j, cfg in enumerate(steps):
+        method = get_method(cfg.method)
+        torch.manual_seed(ctx.seed + j)  # same recipe + seed = same numbers, whatever ran before
+        start = time.perf_counter()
+        result = method.apply(module, cfg, ctx)
+        module, meta = result if isinstance(result, tuple) else (result, {})
+        module.eval()
+        after = size_report(module, policy=ctx.size_policy)
+        entry = {
+            "step": j,
+            "method": cfg.method,
+            "policy": ctx.size_policy,
+            "size_bytes_before": before["size_bytes"],
+            "size_bytes_after": after["size_bytes"],
+            "n_nonzero_before": before["n_nonzero"],
+            "n_nonzero_after": after["n_nonzero"],
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        history.append(entry)
+        metas.append(meta)
+        ctx.log(
+            f"{cfg.method}: {before['size_kb']:.2f} KB -> {after['size_kb']:.2f} KB "
+            f"({after['n_nonzero']:,} non-zero of {after['n_params']:,}, {ctx.size_policy})"
+        )
+        before = after
+    return Variant(module, list(steps), ctx.model_spec, metas, history)

@@ -1,0 +1,253 @@
+"""A compressed model and its file: safetensors in each tensor's real storage format + JSON metadata.
+
+File layout (`Variant.save(path)`, `load_variant(path)`):
+- tensors: one safetensors entry per state_dict tensor, in its storage format: float16 as float16,
+  int8 codes as int8, 1-bit (+-1) tensors packed 8 per byte (`NAME.bits`, uint8), and a tensor with
+  enough exact zeros to pay for it as non-zero values plus a packed 1-bit mask (`NAME.values`,
+  `NAME.mask`), so that the size on disk follows the accounted size.
+- metadata key 'dcase_effdl': JSON with `model_spec` (rebuild the float architecture with
+  `models.build_model`), `steps` (the compression steps as recipe dicts) and `step_meta` (what
+  each step's `rebuild` needs), per-tensor `tensors` {format, role, dtype, shape, encoding}, and
+  `sha256` of the stored bytes. Loading rebuilds the module structure, decodes the tensors into it
+  and checks the digest: nothing in the file is executed, and a truncated or edited file is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dcase_effdl.compress.registry import StepConfig, get_method, parse_step
+from dcase_effdl.compress.storage import FORMAT_BITS, StoredTensor, stored_tensors
+from dcase_effdl.errors import UserError
+
+FILE_FORMAT = "dcase_effdl.variant"
+FILE_VERSION = 1
+META_KEY = "dcase_effdl"
+
+_TORCH_DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+@dataclass
+class Variant:
+    """A compressed model: `module` (eval mode, forward(x float32 (B, C, F, T)) -> logits) and its recipe."""
+
+    module: nn.Module
+    steps: list[StepConfig] = field(default_factory=list)
+    model_spec: dict | None = None
+    step_meta: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # per step: size before/after (dcase2020 rule)
+    path: Path | None = None  # the file it was loaded from / saved to
+
+    @property
+    def complexity_management(self) -> str:
+        """Leaderboard text, e.g. 'pruning + float16'; 'none' for the uncompressed parent."""
+        if not self.steps:
+            return "none"
+        return " + ".join(get_method(s.method).label for s in self.steps)
+
+    @property
+    def precisions(self) -> set[str]:
+        """Storage formats of the weights, e.g. {'int8'} (what a following step may refuse)."""
+        return {t.format for t in stored_tensors(self.module) if t.role == "weight"}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        save_module(self.module, path, self.model_spec, self.steps, self.step_meta, self.history)
+        self.path = path
+        return path
+
+
+# ---------------------------------------------------------------- per-tensor encoding
+
+
+def _pack_bits(flags: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(flags.reshape(-1).numpy().astype(np.uint8)))
+
+
+def _unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.from_numpy(np.unpackbits(packed.numpy(), count=n).astype(bool))
+
+
+def _storage_dtype(fmt: str) -> torch.dtype | None:
+    return _TORCH_DTYPES.get(fmt)
+
+
+def _encode(t: StoredTensor) -> tuple[dict[str, torch.Tensor], dict]:
+    """Stored entries and their description for one tensor."""
+    x = t.tensor.detach().cpu().contiguous()
+    info = {"format": t.format, "role": t.role, "dtype": str(x.dtype).replace("torch.", ""), "shape": list(x.shape)}
+    if t.format == "binary":
+        if not bool(((x == 1) | (x == -1)).all()):
+            raise UserError(f"tensor '{t.name}' is marked 'binary' but holds values other than +-1")
+        info["encoding"] = "bits"
+        return {f"{t.name}.bits": _pack_bits(x > 0)}, info
+    dtype = _storage_dtype(t.format)
+    stored = x.to(dtype)
+    if stored.dtype != x.dtype and not torch.equal(stored.to(x.dtype), x):
+        # A step after float16 changed the values: storing would silently change predictions.
+        raise UserError(f"tensor '{t.name}' is marked {t.format} but its values are not exactly representable in it")
+    nonzero = stored != 0
+    n, nnz = stored.numel(), int(nonzero.sum())
+    bits = FORMAT_BITS[t.format]
+    if t.format != "bool" and n > 0 and nnz * bits + n < n * bits:  # values + 1-bit mask is smaller
+        info["encoding"] = "sparse"
+        return {f"{t.name}.values": stored[nonzero].contiguous(), f"{t.name}.mask": _pack_bits(nonzero)}, info
+    info["encoding"] = "dense"
+    return {t.name: stored}, info
+
+
+def _decode(name: str, info: dict, entries: dict[str, torch.Tensor], source: str) -> torch.Tensor:
+    try:
+        shape = [int(s) for s in info["shape"]]
+        dtype = _TORCH_DTYPES[info["dtype"]]
+        n = int(np.prod(shape)) if shape else 1
+        if info["encoding"] == "bits":
+            flags = _unpack_bits(entries[f"{name}.bits"], n)
+            return torch.where(flags, 1.0, -1.0).to(dtype).reshape(shape)
+        if info["encoding"] == "sparse":
+            mask = _unpack_bits(entries[f"{name}.mask"], n)
+            values = entries[f"{name}.values"]
+            out = torch.zeros(n, dtype=values.dtype)
+            out[torch.from_numpy(mask.numpy())] = values
+            return out.to(dtype).reshape(shape)
+        if info["encoding"] == "dense":
+            return entries[name].to(dtype).reshape(shape)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise UserError(f"{source}: tensor '{name}' cannot be decoded ({type(exc).__name__}: {exc})") from None
+    raise UserError(f"{source}: tensor '{name}' has unknown encoding {info.get('encoding')!r}")
+
+
+def _digest(entries: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(entries):
+        x = entries[key].contiguous()
+        h.update(key.encode())
+        h.update(str(x.dtype).encode())
+        h.update(str(list(x.shape)).encode())
+        h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def save_module(
+    module: nn.Module,
+    path: str | Path,
+    model_spec: dict | None,
+    steps: list[StepConfig] = (),
+    step_meta: list[dict] = (),
+    history: list[dict] = (),
+) -> Path:
+    """Write `module` as a variant file (see the module docstring); returns the path."""
+    from safetensors.torch import save_file
+
+    if model_spec is None:
+        raise UserError(f"{path}: cannot save a variant without model_spec (needed to rebuild the architecture)")
+    entries: dict[str, torch.Tensor] = {}
+    tensors: dict[str, dict] = {}
+    for t in stored_tensors(module):
+        stored, info = _encode(t)
+        entries.update(stored)
+        tensors[t.name] = info
+    meta = {
+        "format": FILE_FORMAT,
+        "version": FILE_VERSION,
+        "model_spec": model_spec,
+        "steps": [s.to_dict() for s in steps],
+        "step_meta": list(step_meta) or [{} for _ in steps],
+        "history": list(history),
+        "tensors": tensors,
+        "sha256": _digest(entries),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(entries, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise UserError(f"{path}: variant file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            entries = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:  # safetensors raises its own error type for a bad header or short file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable variant file (truncated or corrupt safetensors: {first})") from None
+    if META_KEY not in header:
+        raise UserError(f"{path}: safetensors file without dcase_effdl metadata (not a variant file)")
+    try:
+        meta = json.loads(header[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: variant metadata is not valid JSON ({exc.msg})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
+        raise UserError(f"{path}: not a dcase_effdl variant file")
+    if meta.get("version") != FILE_VERSION:
+        raise UserError(f"{path}: variant file version {meta.get('version')!r}, this program reads {FILE_VERSION}")
+    for key in ("model_spec", "steps", "step_meta", "tensors", "sha256"):
+        if key not in meta:
+            raise UserError(f"{path}: variant metadata lacks '{key}'")
+    if _digest(entries) != meta["sha256"]:
+        raise UserError(f"{path}: checksum mismatch: the tensors were changed after the file was written")
+    return meta, entries
+
+
+def load_variant(path: str | Path) -> Variant:
+    """Rebuild a saved variant; its predictions equal those of the variant that was saved."""
+    from dcase_effdl.models import build_model
+
+    path = Path(path)
+    meta, entries = _read(path)
+    spec = dict(meta["model_spec"])
+    try:
+        module = build_model(
+            spec["name"], spec.get("params") or {}, n_classes=spec["n_classes"], in_channels=spec["in_channels"],
+            n_mels=spec["n_mels"], n_frames=spec["n_frames"],
+        )
+    except KeyError as exc:
+        raise UserError(f"{path}: model_spec lacks {exc}") from None
+    steps, step_meta = [], list(meta["step_meta"])
+    if len(step_meta) != len(meta["steps"]):
+        raise UserError(f"{path}: {len(meta['steps'])} steps but {len(step_meta)} step_meta entries")
+    for j, (data, smeta) in enumerate(zip(meta["steps"], step_meta)):
+        cfg = parse_step(data, f"{path}: steps[{j}]")
+        method = get_method(cfg.method)
+        if method.rebuild is not None:
+            module = method.rebuild(module, cfg, smeta)
+        steps.append(cfg)
+    state = {name: _decode(name, info, entries, str(path)) for name, info in meta["tensors"].items()}
+    expected = {t.name: t.format for t in stored_tensors(module)}
+    stored = {name: info["format"] for name, info in meta["tensors"].items()}
+    if expected != stored:
+        diff = sorted(set(expected.items()) ^ set(stored.items()))[:3]
+        raise UserError(f"{path}: stored tensors do not match the rebuilt model (first differences: {diff})")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{path}: tensors do not fit the rebuilt model ({str(exc).splitlines()[-1].strip()})") from None
+    module.eval()
+    return Variant(module, steps, spec, step_meta, list(meta.get("history", [])), path)
