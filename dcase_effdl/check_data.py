@@ -65,6 +65,39 @@ def _read_header(path: Path) -> dict | str:
         return getattr(exc, "reason", None) or str(exc)
 
 
+def read_headers(paths: list[Path], workers: int = 0, progress: bool = True) -> list[dict | str]:
+    """`audio.audio_info` of each path (a dict), or the reason it cannot be read (a str), in order."""
+    n_workers = workers or min(8, (os.cpu_count() or 1) * 2)  # header reads wait on the disk more than the CPU
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        return list(tqdm(
+            pool.map(_read_header, paths), total=len(paths), desc="read headers", unit="file", leave=False,
+            disable=not progress or not sys.stderr.isatty(),
+        ))
+
+
+def find_odd(infos: dict[str, dict]) -> dict[str, str]:
+    """{name: reason} for files whose sample rate, channels or duration differ from most files'."""
+    if not infos:
+        return {}
+    rates = Counter(i["sample_rate"] for i in infos.values())
+    chans = Counter(i["channels"] for i in infos.values())
+    common_rate = rates.most_common(1)[0][0]
+    common_chans = chans.most_common(1)[0][0]
+    common_dur = Counter(round(i["duration"], 2) for i in infos.values()).most_common(1)[0][0]
+    odd = {}
+    for name, info in infos.items():
+        reasons = []
+        if info["sample_rate"] != common_rate:
+            reasons.append(f"{info['sample_rate']} Hz (most files: {common_rate} Hz)")
+        if info["channels"] != common_chans:
+            reasons.append(f"{info['channels']} channels (most files: {common_chans})")
+        if abs(info["duration"] - common_dur) > DURATION_TOLERANCE_S:
+            reasons.append(f"{info['duration']:.2f} s (most files: {common_dur:.2f} s)")
+        if reasons:
+            odd[name] = ", ".join(reasons)
+    return odd
+
+
 def check_data(root: str | Path, *, workers: int = 0, progress: bool = True) -> DataReport:
     """Load the dataset at `root`, read every listed audio file's header and summarise.
 
@@ -73,20 +106,11 @@ def check_data(root: str | Path, *, workers: int = 0, progress: bool = True) -> 
     """
     ds = dataset_mod.load_dataset(root, folds=())
     clips = ds.clips
-    rel = {c.filename: c for c in clips}
     missing_paths = dataset_mod.missing_audio(ds)
     missing = [str(p.relative_to(ds.root)).replace(os.sep, "/") for p in missing_paths]
     missing_set = set(missing)
     present = [c for c in clips if c.filename.replace("\\", "/") not in missing_set]
-
-    n_workers = workers or min(8, (os.cpu_count() or 1) * 2)  # header reads wait on the disk more than the CPU
-    paths = [ds.audio_path(c) for c in present]
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        results = list(tqdm(
-            pool.map(_read_header, paths),
-            total=len(paths), desc="read headers", unit="file", leave=False,
-            disable=not progress or not sys.stderr.isatty(),
-        ))
+    results = read_headers([ds.audio_path(c) for c in present], workers, progress)
 
     infos: dict[str, dict] = {}
     problems: list[tuple[str, str]] = []
@@ -100,21 +124,7 @@ def check_data(root: str | Path, *, workers: int = 0, progress: bool = True) -> 
     chans = Counter(i["channels"] for i in infos.values())
     formats = Counter(f"{i['format']} {i['subtype']}" for i in infos.values())
     durations = sorted(i["duration"] for i in infos.values())
-    odd: list[tuple[str, str]] = []
-    if infos:
-        common_rate = rates.most_common(1)[0][0]
-        common_chans = chans.most_common(1)[0][0]
-        common_dur = Counter(round(d, 2) for d in durations).most_common(1)[0][0]
-        for name, info in infos.items():
-            reasons = []
-            if info["sample_rate"] != common_rate:
-                reasons.append(f"{info['sample_rate']} Hz (most files: {common_rate} Hz)")
-            if info["channels"] != common_chans:
-                reasons.append(f"{info['channels']} channels (most files: {common_chans})")
-            if abs(info["duration"] - common_dur) > DURATION_TOLERANCE_S:
-                reasons.append(f"{info['duration']:.2f} s (most files: {common_dur:.2f} s)")
-            if reasons:
-                odd.append((name, ", ".join(reasons)))
+    odd = list(find_odd(infos).items())
 
     unlisted = 0
     folders = {ds.audio_path(c).parent for c in clips}
