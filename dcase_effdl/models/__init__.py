@@ -18,7 +18,8 @@ from dcase_effdl.errors import UserError
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 # Family modules imported on first use (no work at import time of the package).
-_FAMILY_MODULES = ["dcase_effdl.models.baseline", "dcase_effdl.models.small_cnn"]
+_FAMILY_MODULES = ["dcase_effdl.models.baseline", "dcase_effdl.models.small_cnn",
+                   "dcase_effdl.models.cp_resnet", "dcase_effdl.models.preact_resnet", "dcase_effdl.models.mobilenet"]
 
 
 def register(name: str):
