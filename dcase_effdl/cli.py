@@ -120,6 +120,52 @@ def cmd_validate(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_submit(args) -> int:
+    from dcase_effdl.package import build_package, load_submission_info
+
+    info = load_submission_info(args.info) if args.info else None
+    pkg = build_package(args.variants, args.out, labels=args.label or None, info=info, dataset=args.dataset)
+    for w in pkg.report.warnings:
+        print(f"warning: {w}")
+    print(f"wrote {', '.join(pkg.labels)} to {pkg.out_dir / 'task1'} and {pkg.zip_path} "
+          f"(validated against {pkg.expected})")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from dcase_effdl.published import format_leaderboard, merged_rows
+
+    text = format_leaderboard(merged_rows(args.run_dirs, args.published, args.accuracy), args.format)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from dcase_effdl.plots import write_comparison_plots
+
+    paths = write_comparison_plots(args.run_dirs, args.out, None if args.no_published else args.published)
+    print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from dcase_effdl.report import write_comparison_report, write_report
+
+    published = None if args.no_published else args.published
+    if len(args.run_dirs) == 1:
+        path = write_report(args.run_dirs[0], published, out=args.out)
+    elif not args.out:
+        raise UserError("a report on several runs needs --out FILE.html")
+    else:
+        path = write_comparison_report(args.run_dirs, args.out, published)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcase-effdl", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -173,6 +219,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package", help="package zip or folder (task1/<label>/...)")
     p.add_argument("--dataset", help="expect the test split of this dataset (default: the 8,640 evaluation files)")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("submit", help="build a DCASE 2020 Task 1B submission package (validated) from variants")
+    p.add_argument("variants", nargs="+", metavar="RUNDIR/VARIANT", help="1 to 4 finished variant folders")
+    p.add_argument("--out", required=True, help="package folder (task1/<label>/... and the zip go here)")
+    p.add_argument("--label", action="append", default=[], help="Lastname_INST_task1b_N, once per variant "
+                   "(default: the label of the variant's output file, from the recipe)")
+    p.add_argument("--info", help="submission info YAML (authors, description); see submission_info.example.yaml")
+    p.add_argument("--dataset", help="check the outputs against this dataset's test split "
+                   "(default: the run's dataset, else the 8,640 evaluation files)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("leaderboard", help="leaderboard table of runs, optionally beside the published rows")
+    p.add_argument("run_dirs", nargs="*", metavar="RUNDIR")
+    p.add_argument("--published", choices=["dcase2020_task1b"], help="merge the published results of this task")
+    p.add_argument("--accuracy", choices=["eval", "dev"], default="eval",
+                   help="which published accuracy to rank by (default: eval, the official one)")
+    p.add_argument("--format", choices=["md", "csv", "html", "text"], default="md")
+    p.add_argument("--out", help="write to this file instead of printing")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("plot", help="plots comparing runs: accuracy vs size, training curves, confusion matrices")
+    p.add_argument("run_dirs", nargs="+", metavar="RUNDIR")
+    p.add_argument("--out", required=True, help="folder for the PNG and SVG files")
+    p.add_argument("--published", choices=["dcase2020_task1b"], default="dcase2020_task1b")
+    p.add_argument("--no-published", action="store_true", help="own rows only")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("report", help="self-contained HTML report of a run (or a comparison of runs)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUNDIR")
+    p.add_argument("--out", help="HTML file (default for one run: RUNDIR/report.html)")
+    p.add_argument("--published", choices=["dcase2020_task1b"], default="dcase2020_task1b")
+    p.add_argument("--no-published", action="store_true", help="own rows only")
+    p.set_defaults(func=cmd_report)
 
     return parser
 

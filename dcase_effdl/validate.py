@@ -148,7 +148,10 @@ def _read_package(path: Path, report: Report) -> dict[str, bytes]:
             raise UserError(f"{path}: not a zip file (give a .zip package or a folder)") from None
     elif path.is_dir():
         for p in sorted(path.rglob("*")):
-            if p.is_file():
+            if p.is_file() and p.suffix.lower() == ".zip":
+                # `submit` leaves the zip beside task1/; it is checked when given on its own.
+                report.warn(str(p), None, "zip file ignored while checking the folder (validate it on its own)")
+            elif p.is_file():
                 files[p.relative_to(path).as_posix()] = p.read_bytes()
     else:
         raise UserError(f"{path}: no such file or folder")

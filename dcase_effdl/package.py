@@ -1,0 +1,309 @@
+"""`dcase-effdl submit`: build a DCASE 2020 Task 1B submission package from finished variants.
+
+    dcase-effdl submit runs/quickstart/float32 runs/quickstart/float16 --info submission_info.yaml \\
+        --out submission [--label Doe_UNI_task1b_1 --label Doe_UNI_task1b_2] [--dataset DIR]
+
+Writes `<out>/task1/<label>/<label>.output.csv` and `<label>.meta.yaml` for up to four systems and
+`<out>/<Lastname>_<INST>_task1b.zip`. Authors and the system description come from a YAML the
+user fills once (template: recipes/submission_info.example.yaml); sizes and results from the
+variant's size.json and metrics.json. The package is built in a staging folder and checked with
+`dcase_effdl.validate` first: a package the validator rejects is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from dcase_effdl.config import from_dict, read_yaml
+from dcase_effdl.errors import UserError
+from dcase_effdl.submission import DESCRIPTION_DEFAULTS, write_meta_yaml
+from dcase_effdl.validate import (
+    MAX_SYSTEMS, Report, check_label, dataset_test_files, evaluation_set_files, validate_package,
+)
+
+# ---------------------------------------------------------------- the user's submission info
+
+
+@dataclass
+class Affiliation:
+    abbreviation: str
+    institute: str
+    department: Union[str, None] = None
+    location: Union[str, None] = None
+
+
+@dataclass
+class Author:
+    lastname: str
+    firstname: str
+    email: str
+    affiliation: Affiliation
+    corresponding: bool = False
+
+
+@dataclass
+class ExternalDataset:
+    name: str
+    url: str
+    total_audio_length: Union[float, None] = None  # hours
+
+
+@dataclass
+class SystemOverride:
+    """Per-system values, keyed in `systems:` by variant folder name or submission label."""
+
+    name: Union[str, None] = None
+    abbreviation: Union[str, None] = None
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SubmissionInfo:
+    """What `submit` cannot know from a run folder: who submits and how the system is described."""
+
+    authors: list[Author]
+    name: str = "{label}"  # {label}, {variant} and {index} (the label's N) are filled in
+    abbreviation: Union[str, None] = None  # at most 10 characters after filling in; default Lastname_N
+    description: dict[str, Any] = field(default_factory=dict)  # system.description fields
+    external_datasets: Union[list[ExternalDataset], None] = None
+    source_code: Union[str, None] = None
+    technical_report: Union[str, None] = None  # PDF path, relative to the info file
+    systems: dict[str, SystemOverride] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.authors:
+            raise ValueError("authors: at least one author is needed")
+        n = sum(a.corresponding for a in self.authors)
+        if n != 1:
+            raise ValueError(f"authors: exactly one author needs 'corresponding: true', found {n}")
+        for where, desc in [("description", self.description)] + [
+            (f"systems.{k}.description", s.description) for k, s in self.systems.items()
+        ]:
+            unknown = sorted(set(desc) - set(DESCRIPTION_DEFAULTS))
+            if unknown:
+                raise ValueError(f"{where}: unknown field '{unknown[0]}' (known: {', '.join(DESCRIPTION_DEFAULTS)})")
+
+
+def load_submission_info(path: str | Path) -> SubmissionInfo:
+    """Read and strictly check the submission info YAML (unknown keys and wrong types are errors)."""
+    path = Path(path)
+    info = from_dict(SubmissionInfo, read_yaml(path), str(path))
+    if info.technical_report:
+        report = Path(info.technical_report)
+        report = report if report.is_absolute() else path.parent / report
+        if not report.is_file():
+            raise UserError(f"{path}: technical_report: file not found: {report}")
+        if report.suffix.lower() != ".pdf":
+            raise UserError(f"{path}: technical_report: expected a .pdf file, got {report.name}")
+        info.technical_report = str(report)
+    return info
+
+
+# ---------------------------------------------------------------- one system
+
+
+@dataclass
+class System:
+    variant_dir: Path
+    label: str
+    output: Path
+    metrics: dict
+    size: dict
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (is this a finished variant folder?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
+
+
+def _system(variant_dir: Path, label: str | None) -> System:
+    if not variant_dir.is_dir():
+        raise UserError(f"{variant_dir}: variant folder not found (give RUNDIR/VARIANT, e.g. runs/quickstart/float16)")
+    outputs = sorted(variant_dir.glob("*.output.csv"))
+    if len(outputs) != 1:
+        found = ", ".join(p.name for p in outputs) or "none"
+        raise UserError(f"{variant_dir}: expected exactly one <label>.output.csv, found {found}")
+    label = label or outputs[0].name[: -len(".output.csv")]
+    report = Report(str(variant_dir))
+    if not check_label(label, str(variant_dir), None, report):
+        raise UserError(f"{report.problems[0].message} (give --label Lastname_INST_task1b_N)")
+    metrics = _read_json(variant_dir / "metrics.json")
+    for key in ("accuracy", "log_loss", "class_wise"):
+        if metrics.get(key) is None:
+            raise UserError(f"{variant_dir / 'metrics.json'}: no '{key}' (results on labelled development data are required)")
+    return System(variant_dir, label, outputs[0], metrics, _read_json(variant_dir / "size.json"))
+
+
+def _run_description(run_dir: Path) -> dict:
+    """system.description values a run folder knows: input channels and sampling rate."""
+    try:
+        features = yaml.safe_load((run_dir / "features.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    out = {}
+    if isinstance(features.get("sample_rate"), (int, float)):
+        out["input_sampling_rate"] = f"{features['sample_rate'] / 1000:g}kHz"
+    if features.get("channels") in ("mono", "stereo"):
+        out["input_channels"] = "mono" if features["channels"] == "mono" else "binaural"
+    return out
+
+
+def _expected_files(systems: list[System], dataset: str | Path | None) -> tuple[list[str], str]:
+    """File names the outputs must cover: --dataset, else the run's dataset, else the evaluation set."""
+    if dataset is not None:
+        return dataset_test_files(dataset), f"test split of {dataset}"
+    try:
+        config = yaml.safe_load((systems[0].variant_dir.parent / "config.yaml").read_text(encoding="utf-8"))
+        root = Path(config["dataset"]["root"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        root = None
+    if root is not None and (root / "evaluation_setup" / "fold1_test.csv").is_file():
+        return dataset_test_files(root), f"test split of {root}"
+    return evaluation_set_files(), "the 2020 3Class evaluation set"
+
+
+def _fill(template: str, system: System) -> str:
+    index = system.label.rsplit("_", 1)[1]
+    try:
+        return template.format(label=system.label, variant=system.variant_dir.name, index=index)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"name/abbreviation '{template}': only {{label}}, {{variant}} and {{index}} can be filled in ({exc})") from None
+
+
+def write_system_meta(path: Path, system: System, info: SubmissionInfo | None) -> Path:
+    """`<label>.meta.yaml` from metrics, size and the submission info (placeholder author without it)."""
+    description = _run_description(system.variant_dir.parent)
+    override = SystemOverride()
+    if info is not None:
+        override = info.systems.get(system.label) or info.systems.get(system.variant_dir.name) or override
+        description.update(info.description)
+        description.update(override.description)
+    name = abbreviation = None
+    if info is not None:
+        name = _fill(override.name or info.name, system)
+        if override.abbreviation or info.abbreviation:
+            abbreviation = _fill(override.abbreviation or info.abbreviation, system)
+            if len(abbreviation) > 10:  # write_meta_yaml would refuse it with a less helpful message
+                raise UserError(f"abbreviation '{abbreviation}' of {system.label} is {len(abbreviation)} characters; at most 10 allowed")
+    write_meta_yaml(path, system.label, system.metrics, system.size, description, name=name, abbreviation=abbreviation)
+    if info is None:
+        return path
+    meta = yaml.safe_load(path.read_text(encoding="utf-8"))
+    meta["submission"]["authors"] = [
+        {k: v for k, v in {
+            "lastname": a.lastname, "firstname": a.firstname, "email": a.email,
+            **({"corresponding": True} if a.corresponding else {}),
+            "affiliation": {k2: v2 for k2, v2 in vars(a.affiliation).items() if v2 is not None},
+        }.items()}
+        for a in info.authors
+    ]
+    meta["system"]["external_datasets"] = (
+        None if info.external_datasets is None else [vars(d) for d in info.external_datasets]
+    )
+    meta["system"]["source_code"] = info.source_code
+    header = (
+        f"# DCASE 2020 Task 1 submission meta information for {system.label}, written by dcase-effdl submit.\n"
+        "# Accuracy is the macro average of class-wise accuracies (%); model_size is in KB (1024 B).\n"
+    )
+    path.write_text(header + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- the package
+
+
+@dataclass
+class Package:
+    out_dir: Path
+    zip_path: Path
+    labels: list[str]
+    expected: str  # which file list the outputs were checked against
+    report: Report
+
+
+def build_package(
+    variant_dirs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    labels: list[str] | None = None,
+    info: SubmissionInfo | None = None,
+    dataset: str | Path | None = None,
+) -> Package:
+    """Build, validate, then write the package; raises UserError (writing nothing) if it is invalid."""
+    out_dir = Path(out_dir)
+    variant_dirs = [Path(p) for p in variant_dirs]
+    if not 1 <= len(variant_dirs) <= MAX_SYSTEMS:
+        raise UserError(f"a package holds 1 to {MAX_SYSTEMS} systems, got {len(variant_dirs)} variant folders")
+    if labels and len(labels) != len(variant_dirs):
+        raise UserError(f"{len(labels)} --label values for {len(variant_dirs)} variant folders: give one per variant")
+    systems = [_system(d, labels[i] if labels else None) for i, d in enumerate(variant_dirs)]
+    seen = [s.label for s in systems]
+    dup = next((lab for i, lab in enumerate(seen) if lab in seen[:i]), None)
+    if dup:
+        raise UserError(f"label '{dup}' used for two systems: give distinct labels (--label Lastname_INST_task1b_N)")
+    teams = {tuple(s.label.split("_")[:2]) for s in systems}
+    if len(teams) != 1:
+        raise UserError(f"labels {seen} belong to different teams (Lastname_INST must be the same in a package)")
+    expected, expected_what = _expected_files(systems, dataset)
+
+    lastname, institute = next(iter(teams))
+    zip_name = f"{lastname}_{institute}_task1b.zip"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=out_dir.parent) as tmp:
+        staging = Path(tmp)
+        for s in systems:
+            folder = staging / "task1" / s.label
+            folder.mkdir(parents=True)
+            shutil.copyfile(s.output, folder / f"{s.label}.output.csv")
+            write_system_meta(folder / f"{s.label}.meta.yaml", s, info)
+        if info is not None and info.technical_report:
+            shutil.copyfile(info.technical_report, staging / "task1" / f"{lastname}_{institute}_task1.technical_report.pdf")
+        report = validate_package(staging, expected)
+        if not report.ok:
+            # File-level problems (missing files, counts, meta fields) say most; then the first rows.
+            problems = sorted(report.problems, key=lambda p: p.line is not None)
+            shown = "; ".join(str(p).replace(str(staging) + "/", "") for p in problems[:5])
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            hint = "; pass --dataset DIR to check against a dataset's test split" if dataset is None else ""
+            raise UserError(f"{out_dir}: package not written, the validator rejects it "
+                            f"(expected files: {expected_what}{hint}): {shown}{more}")
+        if info is None:
+            report.warn("meta.yaml", None, "authors are placeholders: pass --info with your submission info YAML")
+
+        # Only now touch the output folder: replace these labels' folders, then write the zip.
+        (out_dir / "task1").mkdir(parents=True, exist_ok=True)
+        for item in sorted((staging / "task1").iterdir()):
+            target = out_dir / "task1" / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            shutil.move(str(item), str(target))
+    zip_path = out_dir / zip_name
+    tmp_zip = zip_path.with_name(zip_path.name + ".tmp")
+    members = [out_dir / "task1" / s.label for s in systems]
+    pdf = out_dir / "task1" / f"{lastname}_{institute}_task1.technical_report.pdf"
+    with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for folder in members:
+            for f in sorted(folder.iterdir()):
+                z.write(f, f.relative_to(out_dir).as_posix())
+        if info is not None and info.technical_report and pdf.is_file():
+            z.write(pdf, pdf.relative_to(out_dir).as_posix())
+    tmp_zip.replace(zip_path)
+    report.package = str(zip_path)
+    return Package(out_dir, zip_path, [s.label for s in systems], expected_what, report)

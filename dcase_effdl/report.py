@@ -1,0 +1,248 @@
+"""One self-contained HTML page per run (or for a comparison of runs): leaderboard, plots, size tables.
+
+    dcase-effdl report runs/quickstart                   # -> runs/quickstart/report.html
+    dcase-effdl report runs/a runs/b --out compare.html  # comparison of several runs
+
+Plots are inlined as SVG and nothing is loaded from elsewhere, so the page reads offline and can be
+mailed as one file. The pipeline calls `write_report(run_dir)` at the end of every run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dcase_effdl import __version__
+from dcase_effdl.errors import UserError
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 24px auto;
+       max-width: 1150px; padding: 0 16px; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 2px solid #ddd; }
+h3 { margin-top: 1.2em; }
+.meta { color: #555; font-size: 0.9em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.86em; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; }
+th { background: #f0f0f0; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.own td { background: #fff5d6; font-weight: 600; }
+tr.over-limit td { color: #b00020; }
+tr.not-counted td { color: #888; }
+p.note { font-size: 0.85em; color: #555; margin: 0.2em 0; }
+figure { margin: 0.8em 0; } figure svg { max-width: 100%; height: auto; }
+figure.wide svg { width: 100%; }
+.table-wrap { overflow-x: auto; }
+figcaption { font-size: 0.85em; color: #555; }
+.grid { display: flex; flex-wrap: wrap; gap: 12px; } .grid figure { flex: 1 1 420px; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; font-size: 0.9em; }
+dt { color: #555; } dd { margin: 0; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _read_json(path: Path) -> dict | list | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def inline_svg(path: Path) -> str:
+    """The <svg> element of a matplotlib SVG file, ready to sit inside HTML (no XML prolog, no DOCTYPE)."""
+    text = path.read_text(encoding="utf-8")
+    start = text.find("<svg")
+    if start < 0:
+        raise UserError(f"{path}: not an SVG file")
+    svg = text[start:]
+    # Several figures on one page: make their element ids unique so clip paths do not collide.
+    prefix = re.sub(r"\W", "_", path.stem) + "_"
+    svg = re.sub(r'id="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', svg)
+    svg = re.sub(r'url\(#([^)]+)\)', lambda m: f"url(#{prefix}{m.group(1)})", svg)
+    svg = re.sub(r'xlink:href="#([^"]+)"', lambda m: f'xlink:href="#{prefix}{m.group(1)}"', svg)
+    svg = re.sub(r'(?<!xlink:)href="#([^"]+)"', lambda m: f'href="#{prefix}{m.group(1)}"', svg)
+    return svg
+
+
+def _figure(path: Path, caption: str, wide: bool = False) -> str:
+    if not path.is_file():
+        return ""
+    cls = ' class="wide"' if wide else ""
+    return f"<figure{cls}>{inline_svg(path)}<figcaption>{_esc(caption)}</figcaption></figure>"
+
+
+def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset(), row_classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        cells = "".join(f'<td class="{"num" if j in numeric else "txt"}">{_esc(v)}</td>' for j, v in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _fmt(value: Any, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def size_table(size: dict) -> str:
+    """The per-tensor size table of a size.json (what counts, with how many bits, and why not)."""
+    rows = size.get("rows") or []
+    table = _table(
+        ["Tensor", "Parameters", "Non-zero", "Bits", "Size (bytes)", "Counted", "Why not counted"],
+        [[r.get("name"), f"{r.get('n_params', 0):,}", f"{r.get('n_nonzero', 0):,}", r.get("bits"),
+          f"{r.get('size_bytes', 0):,}", "yes" if r.get("counted") else "no", r.get("reason") or ""] for r in rows],
+        numeric={1, 2, 3, 4},
+        row_classes=["" if r.get("counted") else "not-counted" for r in rows],
+    ) if rows else ""
+    table = f'<div class="table-wrap">{table}</div>' if table else ""
+    limit = size.get("limit_bytes")
+    verdict = ""
+    if limit:
+        over = size.get("size_bytes", 0) > limit
+        verdict = (f" — {'OVER' if over else 'within'} the limit of {limit:,} bytes "
+                   f"({limit / 1024:,.2f} KB, policy {_esc(size.get('policy'))})")
+    total = (f"<p class=\"note\">Total: {size.get('n_params', 0):,} parameters, {size.get('n_nonzero', 0):,} non-zero, "
+             f"{size.get('size_bytes', 0):,} bytes = {size.get('size_kb', 0):,.2f} KB (KB = 1024 B){verdict}.</p>")
+    return table + total
+
+
+def class_table(metrics: dict) -> str:
+    cw = metrics.get("class_wise") or {}
+    rows = [[cls, _fmt(m.get("accuracy"), 1), _fmt(m.get("log_loss"), 3), m.get("n_clips")] for cls, m in cw.items()]
+    rows.append(["macro average", _fmt(metrics.get("accuracy"), 1), _fmt(metrics.get("log_loss_macro"), 3), metrics.get("n_clips")])
+    return _table(["Class", "Accuracy (%)", "Logloss", "Clips"], rows, numeric={1, 2, 3}) + (
+        f"<p class=\"note\">Overall log loss {_fmt(metrics.get('log_loss'), 3)}; "
+        f"plain accuracy {_fmt(metrics.get('plain_accuracy'), 1)} %.</p>")
+
+
+def _page(title: str, body: str) -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_esc(title)}</title>"
+        f"<style>{CSS}</style></head><body>\n<h1>{_esc(title)}</h1>\n"
+        f"<p class=\"meta\">Written by dcase-effdl {_esc(__version__)} on {stamp}.</p>\n{body}\n</body></html>\n"
+    )
+
+
+def _run_summary(run_dir: Path) -> str:
+    config = _read_yaml(run_dir / "config.yaml")
+    env = _read_json(run_dir / "environment.json") or {}
+    history = _read_json(run_dir / "train" / "history.json")
+    items = [
+        ("Run folder", str(run_dir)),
+        ("Recipe", config.get("name")),
+        ("Model", (config.get("model") or {}).get("name")),
+        ("Dataset", (config.get("dataset") or {}).get("root")),
+        ("Epochs", (config.get("train") or {}).get("epochs")),
+        ("Seed", config.get("seed")),
+        ("Size policy", config.get("size_policy")),
+        ("Best epoch", history.get("best_epoch") if isinstance(history, dict) else None),
+        ("Git commit", env.get("git_commit") if isinstance(env, dict) else None),
+        ("torch", env.get("torch") if isinstance(env, dict) else None),
+    ]
+    return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items if v not in (None, "")) + "</dl>"
+
+
+def _leaderboard(run_dirs: list[Path], published: str | None) -> str:
+    from dcase_effdl.published import format_html, merged_rows
+
+    return format_html(merged_rows(run_dirs, published))
+
+
+def _variant_sections(run_dir: Path, plots_dir: Path, prefix: str = "") -> str:
+    from dcase_effdl.leaderboard import rows_from_run
+
+    parts = []
+    for row in rows_from_run(run_dir):
+        variant = row["variant"]
+        metrics = _read_json(run_dir / variant / "metrics.json") or {}
+        size = _read_json(run_dir / variant / "size.json") or {}
+        title = f"{prefix}{variant}" + (f" ({row['label']})" if row.get("label") else "")
+        steps = row.get("complexity_management") or "none"
+        confusion = "confusion_" + prefix.replace("/", "_") + f"{variant}.svg"
+        parts.append(
+            f"<h3>{_esc(title)}</h3><p class=\"note\">Compression: {_esc(steps)}. "
+            f"Macro accuracy {_fmt(row.get('accuracy'), 1)} %, log loss {_fmt(row.get('log_loss'), 3)}, "
+            f"{_fmt(row.get('size_kb'), 2)} KB.</p>"
+            f"<div class=\"grid\"><div>{class_table(metrics)}</div>"
+            f"{_figure(plots_dir / confusion, f'Confusion matrix: {prefix}{variant}')}</div>"
+            f"{size_table(size)}"
+        )
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path, published: str | None = "dcase2020_task1b", out: str | Path | None = None) -> Path:
+    """`<run_dir>/report.html`: run summary, leaderboard beside published rows, plots, per-variant tables."""
+    from dcase_effdl.plots import compares_with_published, write_run_plots
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    plots = run_dir / "plots"
+    if published and not compares_with_published(run_dir):
+        published = None  # e.g. an image run: DCASE rows beside it would mislead
+    if not (plots / "accuracy_vs_size.svg").is_file():
+        write_run_plots(run_dir, published)
+    body = [
+        "<h2>Run</h2>", _run_summary(run_dir),
+        "<h2>Leaderboard</h2>", _leaderboard([run_dir], published),
+        _figure(plots / "accuracy_vs_size.svg", "Accuracy vs model size; the dashed line is the size limit.", wide=True),
+        "<h2>Training</h2>", _figure(plots / "training_curves.svg", "Loss and validation macro accuracy per epoch.", wide=True)
+        or "<p class=\"note\">No training history in this run folder.</p>",
+        "<h2>Variants</h2>", _variant_sections(run_dir, plots),
+    ]
+    path = Path(out) if out else run_dir / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(_page(f"dcase-effdl run report: {run_dir.name}", "\n".join(body)), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def write_comparison_report(run_dirs: list[str | Path], out: str | Path, published: str | None = "dcase2020_task1b") -> Path:
+    """One page comparing runs: merged leaderboard, accuracy vs size of all variants, curves, per-run tables."""
+    from dcase_effdl.plots import write_comparison_plots
+
+    run_dirs = [Path(p) for p in run_dirs]
+    for p in run_dirs:
+        if not p.is_dir():
+            raise UserError(f"{p}: run folder not found")
+    names = [p.name for p in run_dirs]
+    if len(set(names)) != len(names):
+        names = [str(p) for p in run_dirs]
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        plots = Path(tmp)
+        write_comparison_plots(run_dirs, plots, published)
+        body = [
+            "<h2>Leaderboard</h2>", _leaderboard(run_dirs, published),
+            _figure(plots / "accuracy_vs_size.svg", "Accuracy vs model size of every variant; the dashed line is the size limit.", wide=True),
+            "<h2>Training</h2>", _figure(plots / "training_curves.svg", "Loss and validation macro accuracy per epoch, one colour per run.", wide=True),
+        ]
+        for name, run_dir in zip(names, run_dirs):
+            body += [f"<h2>Run {_esc(name)}</h2>", _run_summary(run_dir), _variant_sections(run_dir, plots, prefix=f"{name}/")]
+        text = _page("dcase-effdl comparison: " + ", ".join(names), "\n".join(body))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".tmp")
+    tmp_out.write_text(text, encoding="utf-8")
+    tmp_out.replace(out)
+    return out
