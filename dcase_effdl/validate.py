@@ -418,7 +418,7 @@ def _check_result(values: dict, path: tuple, name: str, line, report: Report) ->
 # ---------------------------------------------------------------- output.csv
 
 
-def check_output(name: str, data: bytes, expected: list[str], report: Report) -> int:
+def check_output(name: str, data: bytes, expected: list[str], report: Report, hint_dataset: bool = False) -> int:
     """Check one `<label>.output.csv` against the expected file names; returns the number of rows."""
     try:
         text = data.decode("utf-8")
@@ -497,6 +497,9 @@ def check_output(name: str, data: bytes, expected: list[str], report: Report) ->
             best = CLASSES[probs.index(max(probs))]
             report.add(name, lineno, f"scene_label '{label}' is not the most probable class ('{best}')")
 
+    if has_header and n_rows and not any(k in expected_keys for k in seen):
+        report.add(name, None, f"none of the {n_rows} rows names an expected file"
+                               + (" (for a development-set package pass --dataset DIR)" if hint_dataset else ""))
     missing = [f for k, f in expected_keys.items() if k not in seen]
     if missing:
         shown = ", ".join(missing[:MAX_LISTED]) + (", ..." if len(missing) > MAX_LISTED else "")
@@ -516,7 +519,8 @@ def text_line(data: bytes, offset: int) -> int:
 def validate_package(path: str | Path, expected: list[str] | None = None) -> Report:
     """Check a package (zip or folder); `expected` file names default to the 2020 evaluation set."""
     path = Path(path)
-    expected = evaluation_set_files() if expected is None else list(expected)
+    default = expected is None
+    expected = evaluation_set_files() if default else list(expected)
     report = Report(str(path))
     files = _read_package(path, report)
     systems = _group_systems(files, report)
@@ -545,7 +549,7 @@ def validate_package(path: str | Path, expected: list[str] | None = None) -> Rep
                 report.add(entry["meta"], _line_index(files[entry["meta"]].decode("utf-8", "replace")).get(("submission", "label")),
                            f"submission.label '{meta_label}' differs from the label '{label}' of the file and folder names")
         if "output" in entry:
-            check_output(entry["output"], files[entry["output"]], expected, report)
+            check_output(entry["output"], files[entry["output"]], expected, report, hint_dataset=default)
     institutes = {tuple(lab.split("_")[:2]) for lab in labels}
     if len(institutes) > 1:
         names = ", ".join(sorted("_".join(i) for i in institutes))

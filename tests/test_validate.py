@@ -278,6 +278,9 @@ def test_cli_exit_codes(small, capsys):
     ds = pkg.parent / "ds"
     assert main(["validate", str(pkg), "--dataset", str(ds)]) == 0
     assert "OK" in capsys.readouterr().out
+    # Without --dataset the files are checked against the evaluation set: a development package says so.
+    assert main(["validate", str(pkg)]) == 1
+    assert "none of the 30 rows names an expected file (for a development-set package pass --dataset DIR)" in capsys.readouterr().out
     _edit_output(pkg, 4, "audio/clip-02.wav\tindoor\t0.5x\t0.25\t0.25")
     assert main(["validate", str(pkg), "--dataset", str(ds)]) == 1
     out = capsys.readouterr().out
