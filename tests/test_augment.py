@@ -1,0 +1,115 @@
+"""Augmentations do what they say: mixup lambdas and convex combinations, mask widths, crops, rolls, swaps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from dcase_effdl import augment
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_mixup_is_a_convex_combination_with_beta_lambdas():
+    n, k = 4000, 3
+    x = torch.randn(n, 1, 2, 3, dtype=torch.float64)
+    y = torch.arange(n) % k
+    xm, ym, lam = augment.mixup(x, y, alpha=0.4, n_classes=k, generator=gen())
+    assert torch.allclose(ym.sum(1), torch.ones(n, dtype=ym.dtype))
+    assert ((0 <= lam) & (lam <= 1)).all()
+    # Recover each partner: x' - lam x = (1 - lam) x_partner, and the partner is one of the inputs.
+    resid = (xm - lam.view(-1, 1, 1, 1) * x) / (1 - lam).view(-1, 1, 1, 1).clamp(min=1e-6)
+    keep = (1 - lam) > 0.05
+    dist = torch.cdist(resid[keep].flatten(1), x.flatten(1))
+    partner = dist.argmin(1)
+    assert dist.min(1).values.max() < 1e-3
+    # Targets are the same convex combination of one-hot labels.
+    expected = lam[keep, None] * F.one_hot(y[keep], k) + (1 - lam[keep, None]) * F.one_hot(y[partner], k)
+    assert torch.allclose(ym[keep], expected.to(ym.dtype), atol=1e-6)
+    # lambda follows Beta(0.4, 0.4): Kolmogorov-Smirnov test and the known mean/variance.
+    assert stats.kstest(lam.numpy(), stats.beta(0.4, 0.4).cdf).pvalue > 0.01
+    assert abs(lam.mean().item() - 0.5) < 0.02
+    assert abs(lam.var().item() - 0.25 / (2 * 0.4 + 1)) < 0.01
+
+
+def test_mixup_is_seeded():
+    x, y = torch.randn(8, 2, 4, 5), torch.arange(8) % 3
+    a = augment.mixup(x, y, 0.3, 3, gen(1))
+    b = augment.mixup(x, y, 0.3, 3, gen(1))
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_spec_augment_masks_contiguous_bands_of_bounded_width():
+    x = torch.ones(500, 2, 64, 100)
+    out = augment.spec_augment(x, gen(), freq_mask=13, time_mask=40)
+    zero = out == 0
+    freq_rows = zero.all(dim=3)  # (B, C, F): a masked band is zero over all frames
+    time_cols = zero.all(dim=2)  # (B, C, T)
+    fw = freq_rows.sum(-1)
+    tw = time_cols.sum(-1)
+    assert fw.max() <= 12 and tw.max() <= 39
+    assert fw.min() == 0 and tw.min() == 0  # width 0 is allowed, as in Hu's code
+    assert set(fw.flatten().tolist()) == set(range(13))  # every width 0..12 occurs
+    # Zero cells are exactly the union of the frequency band and the time band.
+    assert torch.equal(zero, freq_rows[..., None] | time_cols[:, :, None, :])
+    # Each band is contiguous.
+    for row in freq_rows[:50].reshape(-1, 64):
+        idx = torch.nonzero(row).flatten()
+        if len(idx):
+            assert idx[-1] - idx[0] + 1 == len(idx)
+    # Channels are masked independently.
+    assert not torch.equal(freq_rows[:, 0], freq_rows[:, 1])
+    assert torch.equal(x, torch.ones_like(x))  # input untouched
+
+
+def test_time_roll_is_a_circular_shift_within_bounds():
+    x = torch.arange(100.0).view(1, 1, 1, 100).repeat(300, 2, 3, 1)
+    out = augment.time_roll(x, 50, gen())
+    shifts = (out[:, 0, 0, 0] - 0) % 100  # out[..., 0] = x[..., -shift]
+    shifts = torch.where(shifts > 50, shifts - 100, shifts) * -1
+    assert shifts.abs().max() <= 50 and shifts.abs().max() >= 45
+    for i in range(10):
+        assert torch.equal(out[i], torch.roll(x[i], int(shifts[i]), dims=-1))
+
+
+def test_time_crop_takes_contiguous_windows():
+    x = torch.arange(469.0).view(1, 1, 1, 469).repeat(200, 2, 4, 1)
+    out = augment.time_crop(x, 400, gen())
+    assert out.shape == (200, 2, 4, 400)
+    starts = out[:, 0, 0, 0]
+    assert torch.equal(out, (starts.view(-1, 1, 1, 1) + torch.arange(400.0)).expand_as(out))
+    assert starts.min() >= 0 and starts.max() <= 69 and len(set(starts.tolist())) > 30
+    with pytest.raises(ValueError):
+        augment.time_crop(x, 500, gen())
+
+
+def test_channel_swap_exchanges_left_and_right_in_every_group():
+    assert augment.swap_permutation(6) == [1, 0, 3, 2, 5, 4]
+    x = torch.arange(6.0).view(1, 6, 1, 1).repeat(1000, 1, 2, 2)
+    out = augment.channel_swap(x, gen(), p=0.5)
+    swapped = out[:, 0, 0, 0] == 1
+    assert torch.equal(out[swapped], x[swapped][:, [1, 0, 3, 2, 5, 4]])
+    assert torch.equal(out[~swapped], x[~swapped])
+    assert 0.45 < swapped.float().mean() < 0.55
+    with pytest.raises(ValueError, match="stereo"):
+        augment.channel_swap(torch.zeros(2, 3, 4, 4), gen())
+
+
+def test_soft_cross_entropy_with_smoothing():
+    logits = torch.randn(16, 3)
+    y = torch.arange(16) % 3
+    assert torch.allclose(augment.soft_cross_entropy(logits, y), F.cross_entropy(logits, y))
+    assert torch.allclose(augment.soft_cross_entropy(logits, y, 0.1), F.cross_entropy(logits, y, label_smoothing=0.1))
+    soft = torch.softmax(torch.randn(16, 3), 1)
+    expected = -(soft * F.log_softmax(logits, 1)).sum(1).mean()
+    assert torch.allclose(augment.soft_cross_entropy(logits, soft), expected)
+    np.testing.assert_allclose(
+        augment.soft_cross_entropy(logits, soft, 0.2).item(),
+        -((0.8 * soft + 0.2 / 3) * F.log_softmax(logits, 1)).sum(1).mean().item(),
+        rtol=1e-6,
+    )
