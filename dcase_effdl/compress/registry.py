@@ -32,8 +32,11 @@ from dcase_effdl.errors import UserError
 # Imported on first use (no work at import time of the package).
 METHOD_MODULES = [
     "dcase_effdl.compress.float16",
+    "dcase_effdl.compress.int8",
     "dcase_effdl.compress.prune",
     "dcase_effdl.compress.binary",
+    "dcase_effdl.compress.distill",
+    "dcase_effdl.compress.factorize",
 ]
 
 
