@@ -159,6 +159,26 @@ class Dataset:
             raise UserError(f"{self.root / fold_file(name)}: fold '{name}' was not loaded (file not found)")
         return list(self.folds[name])
 
+    @property
+    def has_labels(self) -> bool:
+        """True when the data carries scene labels (development sets; evaluation sets do not)."""
+        return bool(self.classes)
+
+    @property
+    def scene10_classes(self) -> list[str]:
+        """The fine scenes parsed from file names, sorted ('airport', ..., 'tram' for TAU)."""
+        return sorted({c.scene10 for c in self.clips if c.scene10 is not None})
+
+    def scene10_labels(self, clips: Iterable[Clip]) -> np.ndarray:
+        """Indices (int64) of `clips`' fine scenes in `scene10_classes`."""
+        index = {s: i for i, s in enumerate(self.scene10_classes)}
+        out = []
+        for clip in clips:
+            if clip.scene10 not in index:
+                raise UserError(f"{self.root / clip.filename}: no scene in the file name ({_NAME_PATTERN})")
+            out.append(index[clip.scene10])
+        return np.asarray(out, dtype=np.int64)
+
     def audio_path(self, clip: Clip) -> Path:
         """Absolute path of the clip's audio file."""
         return self.root / clip.filename
@@ -230,20 +250,22 @@ def load_dataset(root: str | Path, folds: Sequence[str] = FOLDS) -> Dataset:
     if not root.is_dir():
         raise UserError(f"dataset root {root} is not a folder")
     meta_path = root / META_FILE
-    if not meta_path.is_file():
-        raise UserError(f"{meta_path}: file not found; expected the TAU 2020 3Class layout under {root}{_suggest_root(root)}")
-
     clips: list[Clip] = []
     by_name: dict[str, Clip] = {}
-    for number, row in _read_table(meta_path, _META_COLUMNS):
-        _check_relative(row["filename"], f"{meta_path}:{number}")
-        if row["filename"] in by_name:
-            raise UserError(f"{meta_path}:{number}: duplicate file name {row['filename']}")
-        clip = _clip_from_row(row)
-        by_name[clip.filename] = clip
-        clips.append(clip)
-    if not clips:
-        raise UserError(f"{meta_path}: no clips listed")
+    if meta_path.is_file():
+        for number, row in _read_table(meta_path, _META_COLUMNS):
+            _check_relative(row["filename"], f"{meta_path}:{number}")
+            if row["filename"] in by_name:
+                raise UserError(f"{meta_path}:{number}: duplicate file name {row['filename']}")
+            clip = _clip_from_row(row)
+            by_name[clip.filename] = clip
+            clips.append(clip)
+        if not clips:
+            raise UserError(f"{meta_path}: no clips listed")
+    elif "train" in folds or not any((root / fold_file(name)).is_file() for name in FOLDS):
+        raise UserError(f"{meta_path}: file not found; expected the TAU 2020 3Class layout under {root}{_suggest_root(root)}")
+    # else: an evaluation set shipped without meta.csv; its clips come from the fold files below.
+    metaless = not clips
     classes = sorted({c.scene_label for c in clips if c.scene_label is not None})
 
     loaded: dict[str, list[Clip]] = {}
@@ -256,6 +278,10 @@ def load_dataset(root: str | Path, folds: Sequence[str] = FOLDS) -> Dataset:
         fold_clips = []
         for number, row in _read_table(path, _FOLD_COLUMNS[name]):
             clip = by_name.get(row["filename"])
+            if clip is None and metaless:
+                _check_relative(row["filename"], f"{path}:{number}")
+                clip = by_name[row["filename"]] = _clip_from_row({"filename": row["filename"]})
+                clips.append(clip)
             if clip is None:
                 raise UserError(f"{path}:{number}: {row['filename']} is not listed in {meta_path}")
             label = row.get("scene_label") or None
@@ -263,6 +289,8 @@ def load_dataset(root: str | Path, folds: Sequence[str] = FOLDS) -> Dataset:
                 raise UserError(f"{path}:{number}: label '{label}' of {clip.filename} contradicts meta.csv ('{clip.scene_label}')")
             if label is not None and clip.scene_label is None:
                 clip = Clip(**{**clip.__dict__, "scene_label": label})
+                if metaless:  # the fold is the only source of labels: keep clips and folds in step
+                    clips[clips.index(by_name[clip.filename])] = by_name[clip.filename] = clip
                 if label not in classes:
                     classes = sorted({*classes, label})
             fold_clips.append(clip)
