@@ -241,6 +241,24 @@ class ModelConfig:
 
 
 @dataclass
+class SpecAugmentConfig:
+    """Masks per example and channel: widths U{0..freq_mask-1} mel bands and U{0..time_mask-1} frames."""
+
+    freq_mask: int = 13
+    time_mask: int = 40
+    n_freq_masks: int = 1
+    n_time_masks: int = 1
+
+
+@dataclass
+class SWAConfig:
+    """Stochastic weight averaging: average the weights of every `every`-th epoch from `start_epoch` on."""
+
+    start_epoch: int = 1
+    every: int = 1
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 200
     batch_size: int = 16
@@ -251,6 +269,24 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # feature-extraction processes: 0 = all cores
     threads: int = 0  # torch intra-op threads: 0 = torch default
+    # Recipe options of dcase_effdl.train (techniques in augment.py, sampling.py, schedules.py).
+    nesterov: bool = False  # SGD only
+    schedule: typing.Literal["constant", "cosine", "warm_restarts", "linear"] = "constant"  # per mini-batch
+    warmup_epochs: float = 0.0  # linear warm-up before the schedule
+    min_lr_ratio: float = 0.0  # lowest lr of cosine / warm_restarts / linear, as a fraction of lr
+    restart_epochs: float = 10.0  # warm_restarts: first period (epochs)
+    restart_mult: float = 2.0  # warm_restarts: period growth factor
+    decay_start_epoch: float = 0.0  # linear: epochs at full lr before the decay
+    decay_epochs: Union[float, None] = None  # linear: length of the decay (None: until the last epoch)
+    mixup_alpha: float = 0.0  # 0 = off; Beta(alpha, alpha) per example
+    spec_augment: Union[SpecAugmentConfig, None] = None  # None = off; {} = Hu's 13 bands / 40 frames
+    time_roll: int = 0  # max circular shift in frames (0 = off)
+    time_crop: int = 0  # random crop length in frames during training (0 = off)
+    channel_swap: bool = False  # swap left/right with probability 0.5 (stereo features)
+    balanced_batches: bool = False  # equal class counts per mini-batch
+    label_smoothing: float = 0.0  # epsilon of the default cross-entropy
+    swa: Union[SWAConfig, None] = None  # None = off
+    amp: bool = True  # mixed precision (float16 autocast) when training on CUDA
 
 
 @dataclass
