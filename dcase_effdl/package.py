@@ -282,6 +282,8 @@ def build_package(
             hint = "; pass --dataset DIR to check against a dataset's test split" if dataset is None else ""
             raise UserError(f"{out_dir}: package not written, the validator rejects it "
                             f"(expected files: {expected_what}{hint}): {shown}{more}")
+        for w in report.warnings:  # name the package as it will be, not the staging folder
+            w.file = w.file.replace(str(staging), str(out_dir))
         if info is None:
             report.warn("meta.yaml", None, "authors are placeholders: pass --info with your submission info YAML")
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,8 @@ def plot_training_curves(histories: dict[str, tuple[list[dict], int | None]], ba
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, (name, (epochs, best)) in enumerate(histories.items()):
         color = OWN_COLORS[i % len(OWN_COLORS)]
+        # NaN (JSON NaN: no validation clips) and missing values are left out of the lines.
+        epochs = [{k: v for k, v in e.items() if not (isinstance(v, float) and not math.isfinite(v))} for e in epochs]
         x = [e["epoch"] for e in epochs]
         prefix = f"{name}: " if len(histories) > 1 else ""
         for key, style, what in (("train_loss", "-", "train"), ("val_loss", "--", "validation")):
@@ -216,9 +219,15 @@ def plot_training_curves(histories: dict[str, tuple[list[dict], int | None]], ba
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("macro accuracy (%)")
     ax_acc.set_title("validation accuracy")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no validation data", transform=ax.transAxes, ha="center", color="#777777")
     fig.suptitle(title or "Training curves")
     fig.tight_layout()
     return _save(fig, base)

@@ -71,6 +71,7 @@ def test_labels_from_the_command_line(run, tmp_path):
     assert pkg.labels == ["Doe_UNI_task1b_3"] and pkg.zip_path.name == "Doe_UNI_task1b.zip"
     assert validate_package(pkg.zip_path, dataset_test_files(ds)).ok
     assert any("placeholders" in str(w) for w in pkg.report.warnings)
+    assert not any(".staging" in str(w) for w in pkg.report.warnings)  # warnings name the real package
 
 
 def test_invalid_package_is_never_written(run, tmp_path):

@@ -60,6 +60,18 @@ def test_accuracy_vs_size_marks_rows_over_the_limit(tmp_path):
         plot_accuracy_vs_size(rows[2:], tmp_path / "none")
 
 
+def test_history_without_validation_data(tmp_path):
+    """A run without validation clips writes NaN (as JSON NaN): the curves leave it out and say so."""
+    from dcase_effdl.plots import plot_training_curves
+
+    history = tmp_path / "history.json"
+    history.write_text('{"best_epoch": 1, "epochs": [{"epoch": 1, "train_loss": 1.1, "val_loss": NaN, "val_accuracy": NaN},'
+                       ' {"epoch": 2, "train_loss": 0.9, "val_loss": NaN, "val_accuracy": NaN}]}')
+    paths = plot_training_curves({"run": read_history(history)}, tmp_path / "curves")
+    svg = paths[1].read_text()
+    assert "no validation data" in svg and "train loss" in svg and "nan" not in svg.lower().replace("nanometer", "")
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(UserError, match="confusion_matrix"):
         plot_confusion_matrix({"classes": ["a", "b"], "confusion_matrix": [[1, 2]]}, tmp_path / "cm")
