@@ -217,10 +217,11 @@ def _suggest_root(root: Path) -> str:
                     candidates += sorted(g for g in child.iterdir() if g.is_dir() and (g / META_FILE).is_file())
                 except OSError:
                     pass
-    # ROOT/audio or ROOT/evaluation_setup given instead of ROOT
+    # ROOT/audio or ROOT/evaluation_setup (or a path below them) given instead of ROOT
     parent = root.parent
-    if not candidates and parent != root and (parent / META_FILE).is_file():
-        candidates.append(parent)
+    for ancestor in list(root.parents)[:3]:
+        if not candidates and (ancestor / META_FILE).is_file():
+            candidates.append(ancestor)
     if not candidates and not root.exists() and parent.is_dir():
         try:
             siblings = sorted(p for p in parent.iterdir() if p.is_dir())
