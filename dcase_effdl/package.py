@@ -4,7 +4,9 @@
         --out submission [--label Doe_UNI_task1b_1 --label Doe_UNI_task1b_2] [--dataset DIR]
 
 Writes `<out>/task1/<label>/<label>.output.csv` and `<label>.meta.yaml` for up to four systems and
-`<out>/<Lastname>_<INST>_task1b.zip`. Authors and the system description come from a YAML the
+`<out>/<Lastname>_<INST>_task1b.zip`, whose members sit under one root folder
+(`Lastname_INST_task1b/task1/<label>/...`): the official 2020 checker reads the label from the
+third path component of each zip member. Authors and the system description come from a YAML the
 user fills once (template: recipes/submission_info.example.yaml); sizes and results from the
 variant's size.json and metrics.json. The package is built in a staging folder and checked with
 `dcase_effdl.validate` first: a package the validator rejects is never written.
@@ -297,15 +299,16 @@ def build_package(
                 target.unlink()
             shutil.move(str(item), str(target))
     zip_path = out_dir / zip_name
+    root = zip_path.stem
     tmp_zip = zip_path.with_name(zip_path.name + ".tmp")
     members = [out_dir / "task1" / s.label for s in systems]
     pdf = out_dir / "task1" / f"{lastname}_{institute}_task1.technical_report.pdf"
     with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for folder in members:
             for f in sorted(folder.iterdir()):
-                z.write(f, f.relative_to(out_dir).as_posix())
+                z.write(f, f"{root}/{f.relative_to(out_dir).as_posix()}")
         if info is not None and info.technical_report and pdf.is_file():
-            z.write(pdf, pdf.relative_to(out_dir).as_posix())
+            z.write(pdf, f"{root}/{pdf.relative_to(out_dir).as_posix()}")
     tmp_zip.replace(zip_path)
     report.package = str(zip_path)
     return Package(out_dir, zip_path, [s.label for s in systems], expected_what, report)
