@@ -61,9 +61,7 @@ def _size_reports(target: str, policy: str) -> dict:
         from dcase_effdl.evaluate import variant_dirs
 
         return {d.name: size.size_report(load_variant(d / "model.safetensors"), policy=policy) for d in variant_dirs(path)}
-    from dcase_effdl.models import build_model
-
-    return {None: size.size_report(build_model(target), policy=policy)}
+    return {None: size.size_report_from_spec(target, policy=policy)}
 
 
 def cmd_size(args) -> int:
