@@ -42,8 +42,8 @@ _SCENE_SOUNDS: dict[str, dict[str, tuple[float, float]]] = {
     "shopping_mall": {"babble": (0.95, 0), "hum": (0.8, -5), "impacts": (0.7, -6), "announce": (0.2, -8), "traffic": (0.05, -14)},
     "metro_station": {"babble": (0.8, -2), "hum": (0.7, -5), "announce": (0.6, -4), "rumble": (0.5, -6), "rail": (0.35, -8), "engine": (0.1, -12), "impacts": (0.5, -8)},
     "park": {"wind": (0.8, -2), "birds": (0.9, -2), "babble": (0.25, -10), "traffic": (0.3, -12), "impacts": (0.2, -12)},
-    "public_square": {"babble": (0.7, -4), "traffic": (0.5, -6), "birds": (0.5, -6), "wind": (0.5, -5), "impacts": (0.5, -8)},
-    "street_pedestrian": {"babble": (0.7, -4), "traffic": (0.7, -3), "impacts": (0.6, -6), "wind": (0.4, -6), "birds": (0.25, -10)},
+    "public_square": {"babble": (0.6, -5), "traffic": (0.5, -6), "birds": (0.5, -6), "wind": (0.5, -5), "impacts": (0.5, -8)},
+    "street_pedestrian": {"babble": (0.6, -5), "traffic": (0.7, -3), "impacts": (0.6, -6), "wind": (0.4, -6), "birds": (0.25, -10)},
     "street_traffic": {"traffic": (0.95, 0), "engine": (0.3, -8), "wind": (0.4, -6), "babble": (0.2, -12), "impacts": (0.2, -10)},
     "bus": {"engine": (0.95, 0), "rumble": (0.8, -3), "babble": (0.35, -9), "announce": (0.25, -8), "traffic": (0.2, -12), "impacts": (0.3, -10)},
     "metro": {"rumble": (0.95, 0), "rail": (0.8, -3), "announce": (0.5, -5), "babble": (0.3, -9), "hum": (0.3, -10), "engine": (0.2, -10)},
@@ -54,6 +54,16 @@ _REVERB = {"indoor": ((0.7, 2.4), (0.5, 1.5)), "transportation": ((0.2, 0.7), (0
 
 
 # ---------------------------------------------------------------- signal building blocks
+
+
+def _white_spectrum(rng: np.random.Generator, bins: int) -> np.ndarray:
+    """Random complex spectrum of `bins` bins, unit variance per part.
+
+    Uniform rather than Gaussian parts: 4x cheaper to draw, and after the inverse FFT every sample
+    (and every STFT bin, which pools hundreds of FFT bins) is a sum of many of them, i.e. Gaussian.
+    """
+    u = rng.random(2 * bins, dtype=np.float32)
+    return ((u - np.float32(0.5)) * np.float32(np.sqrt(12.0))).view(np.complex64)
 
 
 class _Synth:
@@ -72,8 +82,7 @@ class _Synth:
 
     def noise(self, gain: np.ndarray) -> np.ndarray:
         """Gaussian noise with magnitude spectrum `gain` (over self.f), unit RMS."""
-        spec = self.rng.standard_normal(2 * self.f.size).view(np.complex128)
-        x = np.fft.irfft(spec * gain, self.n)
+        x = np.fft.irfft(_white_spectrum(self.rng, self.f.size) * gain, self.n)
         return x / (np.sqrt(np.mean(x * x)) + 1e-12)
 
     def band(self, lo: float, hi: float, order: float = 2.0) -> np.ndarray:
@@ -310,7 +319,7 @@ def _location_params(seed: int, location: int, scene: str, label: str, city_inde
         "gust_depth": rng.uniform(0.3, 1.0),
         "wind_fc": rng.uniform(120.0, 600.0),
         "rustle": rng.uniform(0.0, 0.3),
-        "bird_rate": rng.uniform(0.3, 3.0),
+        "bird_rate": rng.uniform(1.0, 5.0),
         "bird_f": rng.uniform(2000.0, 5500.0),
         "road_fc": rng.uniform(400.0, 1500.0),
         "traffic_floor": rng.uniform(0.1, 0.6),
@@ -410,7 +419,7 @@ def _render(
             delay_s = params["channel_delay_ms"] * 1e-3 * c
             y[:k] *= np.exp(-2j * np.pi * room["f_out"] * delay_s) * 10 ** (rng.normal(0.0, 1.0) / 20)
         if room["bins_out"] > k:  # air noise continuing the spectrum smoothly above the internal Nyquist
-            y[k:] = rng.standard_normal(2 * (room["bins_out"] - k)).view(np.complex128) * (ref * room["air_shape"])
+            y[k:] = _white_spectrum(rng, room["bins_out"] - k) * (ref * room["air_shape"])
         out[:, c] = np.fft.irfft(y, room["m_out"])[:n_out]
 
     rms = np.sqrt(np.mean(out * out)) + 1e-12
@@ -431,7 +440,7 @@ def _plan(clips_per_class: int, seed: int) -> list[dict]:
     location = 0
     for label in sorted(SCENES):
         scenes = SCENES[label]
-        n_loc = min(clips_per_class, max(2, round(clips_per_class / CLIPS_PER_LOCATION)))
+        n_loc = min(clips_per_class, max(3, round(clips_per_class / CLIPS_PER_LOCATION)))
         sizes = [len(a) for a in np.array_split(np.arange(clips_per_class), n_loc)]
         n_eval = min(n_loc - 1, max(1, round(EVALUATE_FRACTION * n_loc)))
         evaluate = set(rng.choice(n_loc, size=n_eval, replace=False).tolist())
@@ -569,6 +578,8 @@ def make_dataset(
             cache: dict = {}
             for row in by_location[loc]:
                 audio = _render(params, [int(seed), 2, row["segment"]], float(duration), int(sample_rate), int(channels), cache)
+                if subtype == "PCM_16":  # our own rounding: cheaper than libsndfile's float conversion
+                    audio = np.round(audio * 32767.0).astype(np.int16)
                 sf.write(out / row["filename"], audio, int(sample_rate), subtype=subtype, format="WAV")
                 bar.update()
 
