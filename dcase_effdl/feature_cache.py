@@ -1,0 +1,387 @@
+"""Feature cache: one .npy of log-mel features per audio file under cache_dir/<feature_key>/, computed once.
+
+Layout: `cache_dir/<feature_key>/features.yaml` records the definition; each audio file
+`<root>/<filename>` gets `cache_dir/<feature_key>/<filename>.<stamp>.npy`, where `stamp` hashes the
+audio file's size and modification time, so an edited (or re-copied) audio file is recomputed and a
+changed definition gets a different folder. Entries are written to a temporary file in the same
+folder and renamed into place, so an interrupted run never leaves a half-written entry under an entry
+name; the next run skips finished entries and computes the rest.
+
+A corrupt entry found by `FeatureStore.load` (damaged after it was written) raises a UserError that
+names the file and says to delete it; extraction itself treats an entry of the wrong size as missing
+and recomputes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import multiprocessing
+import os
+import re
+import secrets
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
+
+import numpy as np
+import yaml
+
+from dcase_effdl.config import FeatureConfig
+from dcase_effdl.errors import UserError
+
+ENTRY_SUFFIX = ".npy"
+TEMP_SUFFIX = ".tmp"
+# Temporary files older than this are leftovers of a crashed run (a live run renames its own in
+# well under a second) and are deleted when the folder is scanned.
+STALE_TEMP_S = 3600.0
+# Below this many files per worker, starting worker processes (~3 s each: importing torch) costs more
+# than it saves, so extraction runs in this process instead.
+MIN_FILES_PER_WORKER = 8
+# Files per task sent to a worker: big enough that inter-process overhead is negligible against
+# ~20-50 ms of work per file, small enough that the progress bar and a 'stop' react quickly.
+MAX_CHUNK = 16
+
+_STAMP = re.compile(r"^(?P<filename>.+)\.(?P<stamp>[0-9a-f]{8})\.npy$")
+
+
+# ---------------------------------------------------------------- store
+
+
+@dataclass
+class FeatureStore:
+    """Cached features of a list of audio files (those that could be read)."""
+
+    path: Path  # cache_dir/<key>
+    key: str  # feature_key(cfg)
+    cfg: FeatureConfig
+    entries: dict[str, Path]  # filename -> .npy entry, in the order the files were given
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (filename, reason) skipped
+    n_computed: int = 0  # entries computed by the call that made this store
+    n_reused: int = 0  # entries found in the cache
+
+    @property
+    def filenames(self) -> list[str]:
+        return list(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, filename: str) -> bool:
+        return filename in self.entries
+
+    def entry_path(self, filename: str) -> Path:
+        try:
+            return self.entries[filename]
+        except KeyError:
+            skipped = dict(self.problems).get(filename)
+            why = f"skipped: {skipped}" if skipped else "not among the extracted files"
+            raise UserError(f"{filename}: no features in {self.path} ({why})") from None
+
+    def load(self, filename: str) -> np.ndarray:
+        """Features of one file: float32 (channels, n_mels, frames)."""
+        return _read_entry(self.entry_path(filename), self.cfg)
+
+    def load_many(self, filenames: Sequence[str]) -> np.ndarray:
+        """Features of many files stacked: float32 (N, channels, n_mels, frames)."""
+        arrays = [self.load(name) for name in filenames]
+        if not arrays:
+            from dcase_effdl.features import feature_shape
+
+            return np.zeros((0, *feature_shape(self.cfg)), dtype=np.float32)
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise UserError(
+                f"{self.path}: features have different shapes {sorted(shapes)} (feature definition "
+                f"'{self.cfg.name}' has no fixed duration); set duration to stack them"
+            )
+        return np.stack(arrays)
+
+
+def _expected_entry_size(cfg: FeatureConfig) -> int | None:
+    """Bytes of a complete .npy entry, or None when the number of frames depends on the clip."""
+    if cfg.duration is None:
+        return None
+    from dcase_effdl.features import feature_shape
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(feature_shape(cfg), dtype=np.float32), allow_pickle=False)
+    return buf.tell()
+
+
+def _read_entry(path: Path, cfg: FeatureConfig) -> np.ndarray:
+    hint = "delete this file and run again to recompute it"
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: feature cache entry is missing (deleted during the run?); run again") from None
+    except (ValueError, EOFError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: corrupt feature cache entry ({reason}); {hint}") from None
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.ndim != 3:
+        raise UserError(f"{path}: corrupt feature cache entry (not a float32 3-D array); {hint}")
+    if cfg.duration is not None:
+        from dcase_effdl.features import feature_shape
+
+        if array.shape != feature_shape(cfg):
+            raise UserError(
+                f"{path}: corrupt feature cache entry (shape {array.shape}, expected {feature_shape(cfg)}); {hint}"
+            )
+    return array
+
+
+# ---------------------------------------------------------------- entry names and writing
+
+
+def _stamp(stat: os.stat_result) -> str:
+    """8 hex digits of the audio file's (size, mtime_ns): changes when the file is rewritten."""
+    return hashlib.blake2b(f"{stat.st_size}:{stat.st_mtime_ns}".encode(), digest_size=4).hexdigest()
+
+
+def _check_filename(filename: str) -> None:
+    parts = PurePosixPath(filename).parts
+    if not filename or Path(filename).is_absolute() or ".." in parts or "\\" in filename:
+        raise UserError(f"{filename!r}: audio file names must be relative paths inside the dataset root")
+
+
+def write_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save to a temporary file in the same folder, then rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not reach the disk before the data
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _scan(folder: Path) -> dict[str, dict[str, int]]:
+    """Existing entries as {filename: {stamp: size_bytes}}; deletes stale temporary files."""
+    found: dict[str, dict[str, int]] = {}
+    now = time.time()
+    for dirpath, _dirs, files in os.walk(folder):
+        rel_dir = Path(dirpath).relative_to(folder).as_posix()
+        for name in files:
+            full = os.path.join(dirpath, name)
+            if name.endswith(TEMP_SUFFIX):
+                try:
+                    if now - os.stat(full).st_mtime > STALE_TEMP_S:
+                        os.unlink(full)
+                except OSError:
+                    pass  # a concurrent run renamed or removed it
+                continue
+            match = _STAMP.match(name)
+            if not match:
+                continue
+            filename = match["filename"] if rel_dir == "." else f"{rel_dir}/{match['filename']}"
+            try:
+                size = os.stat(full).st_size
+            except OSError:
+                continue
+            found.setdefault(filename, {})[match["stamp"]] = size
+    return found
+
+
+# ---------------------------------------------------------------- computing entries
+
+
+def _compute_chunk(items: list[tuple[str, str, str]], cfg: FeatureConfig) -> list[tuple[str, str | None]]:
+    """Compute and write entries for (filename, audio path, entry path) items.
+
+    Returns (filename, None) for each written entry and (filename, reason) for each bad audio file.
+    Other errors (bugs, a full disk) propagate.
+    """
+    from dcase_effdl.audio import AudioProblem, load_audio
+    from dcase_effdl.features import logmel
+
+    results: list[tuple[str, str | None]] = []
+    for filename, audio_path, entry_path in items:
+        try:
+            audio = load_audio(audio_path, cfg)
+        except AudioProblem as exc:
+            results.append((filename, exc.reason))
+            continue
+        write_atomic(Path(entry_path), logmel(audio, cfg))
+        results.append((filename, None))
+    return results
+
+
+def _init_worker(cfg: FeatureConfig, window: np.ndarray, mel: np.ndarray) -> None:
+    import torch
+
+    from dcase_effdl.features import prime_frontend
+
+    # One thread per process: the processes already use every core, and a fixed thread count keeps
+    # results identical to the serial path bit for bit.
+    torch.set_num_threads(1)
+    prime_frontend(cfg, window, mel)  # spares each worker importing librosa (~3 s)
+
+
+def _chunks(items: list, n_workers: int) -> list[list]:
+    size = max(1, min(MAX_CHUNK, math.ceil(len(items) / (4 * max(n_workers, 1)))))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    # disable=None: tqdm shows the bar only on a terminal.
+    return tqdm(total=total, unit="clip", desc=desc, disable=None if enabled else True, dynamic_ncols=True)
+
+
+def _run_serial(todo, cfg, on_bad_audio, bar) -> dict[str, str | None]:
+    import torch
+
+    results: dict[str, str | None] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same arithmetic as the workers, so serial == parallel bit for bit
+    try:
+        for chunk in _chunks(todo, 1):
+            for filename, reason in _compute_chunk(chunk, cfg):
+                results[filename] = reason
+            bar.update(len(chunk))
+            if on_bad_audio == "stop" and any(r is not None for r in results.values()):
+                break
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
+def _can_spawn() -> bool:
+    """'spawn' workers re-import the main script; a script read from stdin cannot be (the pool would hang)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
+
+
+def _run_parallel(todo, cfg, on_bad_audio, bar, n_workers) -> dict[str, str | None]:
+    from dcase_effdl.features import frontend_arrays
+
+    window, mel = frontend_arrays(cfg)
+    results: dict[str, str | None] = {}
+    # 'spawn': workers start clean (no forked torch/OpenMP state), the same on Linux, macOS, Windows.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_worker, initargs=(cfg, window, mel)) as pool:
+        pending = {pool.submit(_compute_chunk, chunk, cfg): len(chunk) for chunk in _chunks(todo, n_workers)}
+        stopping = False
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                n = pending.pop(future)
+                if future.cancelled():
+                    continue
+                for filename, reason in future.result():  # re-raises a worker's unexpected error
+                    results[filename] = reason
+                    if reason is not None and on_bad_audio == "stop":
+                        stopping = True
+                bar.update(n)
+            if stopping:
+                # Keep what running tasks finish (their entries are written), start nothing new.
+                for future in list(pending):
+                    if future.cancel():
+                        pending.pop(future)
+    return results
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def extract_features(
+    root: str | Path,
+    filenames: Iterable[str],
+    cfg: FeatureConfig,
+    cache_dir: str | Path,
+    workers: int = 0,
+    on_bad_audio: str = "stop",
+    progress: bool = True,
+) -> FeatureStore:
+    """Features of `root/<filename>` for each filename, computed where not cached; returns the store.
+
+    workers: processes (0 = os.cpu_count(); 1 = this process). on_bad_audio: 'stop' raises a
+    UserError naming the first bad file (in the given order) after every finished entry is kept;
+    'skip' leaves bad files out and lists them in `store.problems` as (filename, reason).
+    """
+    from dcase_effdl.features import FEATURE_CODE_VERSION, definition, feature_key
+
+    if on_bad_audio not in ("stop", "skip"):
+        raise UserError(f"on_bad_audio must be 'stop' or 'skip', got {on_bad_audio!r}")
+    root = Path(root)
+    names = list(dict.fromkeys(filenames))  # de-duplicated, order kept
+    key = feature_key(cfg)
+    folder = Path(cache_dir) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / "features.yaml"
+    if not record.exists():
+        text = yaml.safe_dump(
+            {"key": key, "code_version": FEATURE_CODE_VERSION, "name": cfg.name, "definition": definition(cfg)},
+            sort_keys=False,
+        )
+        _write_text_atomic(record, text)
+
+    expected_size = _expected_entry_size(cfg)
+    existing = _scan(folder)
+    entries: dict[str, Path] = {}
+    problems: dict[str, str] = {}
+    todo: list[tuple[str, str, str]] = []
+    n_reused = 0
+    for filename in names:
+        _check_filename(filename)
+        audio_path = root / filename
+        try:
+            stat = audio_path.stat()
+        except FileNotFoundError:
+            problems[filename] = "file not found"
+            continue
+        except OSError as exc:
+            problems[filename] = f"cannot read file ({exc.strerror})"
+            continue
+        stamp = _stamp(stat)
+        entry = folder / f"{filename}.{stamp}{ENTRY_SUFFIX}"
+        entries[filename] = entry
+        stamps = existing.get(filename, {})
+        size = stamps.pop(stamp, None)
+        for old in stamps:  # entries of an older version of this audio file
+            (folder / f"{filename}.{old}{ENTRY_SUFFIX}").unlink(missing_ok=True)
+        if size is not None and (expected_size is None or size == expected_size):
+            n_reused += 1
+        else:
+            todo.append((filename, str(audio_path), str(entry)))
+
+    if problems and on_bad_audio == "stop":
+        first = next(iter(problems))
+        raise UserError(f"{root / first}: {problems[first]}")
+
+    n_workers = (os.cpu_count() or 1) if workers <= 0 else workers
+    n_workers = min(n_workers, len(todo) // MIN_FILES_PER_WORKER)
+    if not _can_spawn():
+        n_workers = 1
+    with _progress_bar(len(todo), progress and bool(todo), f"features {cfg.name}") as bar:
+        if n_workers > 1:
+            results = _run_parallel(todo, cfg, on_bad_audio, bar, n_workers)
+        else:
+            results = _run_serial(todo, cfg, on_bad_audio, bar)
+
+    bad = {name: reason for name, reason in results.items() if reason is not None}
+    if bad and on_bad_audio == "stop":
+        first = next(name for name, _, _ in todo if name in bad)
+        raise UserError(f"{root / first}: {bad[first]}")
+    problems.update(bad)
+    for name in bad:
+        entries.pop(name, None)
+    order = {name: i for i, name in enumerate(names)}
+    problem_list = sorted(problems.items(), key=lambda item: order[item[0]])
+    n_computed = sum(1 for reason in results.values() if reason is None)
+    return FeatureStore(folder, key, cfg, entries, problem_list, n_computed=n_computed, n_reused=n_reused)

@@ -1,0 +1,171 @@
+"""load_audio / audio_info: formats, channels, resampling, length fitting and one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from dcase_effdl.audio import AudioProblem, audio_info, load_audio
+from dcase_effdl.config import FeatureConfig
+from dcase_effdl.errors import UserError
+
+
+def _cfg(**kw) -> FeatureConfig:
+    return dataclasses.replace(FeatureConfig(name="t", sample_rate=48000, duration=1.0), **kw)
+
+
+def _tone(rate: int, seconds: float, freq: float = 1000.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(round(rate * seconds))) / rate
+    x = 0.5 * np.sin(2 * np.pi * freq * t)
+    if channels == 1:
+        return x.astype(np.float32)
+    return np.stack([x * (c + 1) / channels for c in range(channels)], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_wav_subtypes_read_as_float32(tmp_path, subtype):
+    path = tmp_path / "a.wav"
+    x = _tone(48000, 1.0)
+    sf.write(path, x, 48000, subtype=subtype)
+    audio = load_audio(path, _cfg())
+    assert audio.dtype == np.float32 and audio.shape == (1, 48000)
+    tol = {"PCM_16": 1e-4, "PCM_24": 1e-6, "FLOAT": 0.0}[subtype]
+    assert np.abs(audio[0] - x).max() <= tol
+
+
+def test_stereo_mono_downmix_is_mean_and_stereo_keeps_channels(tmp_path):
+    path = tmp_path / "s.wav"
+    x = _tone(48000, 1.0, channels=2)  # right channel twice the left
+    sf.write(path, x, 48000, subtype="FLOAT")
+    mono = load_audio(path, _cfg(channels="mono"))
+    stereo = load_audio(path, _cfg(channels="stereo"))
+    assert mono.shape == (1, 48000) and stereo.shape == (2, 48000)
+    np.testing.assert_allclose(mono[0], x.mean(axis=1), atol=1e-7)
+    np.testing.assert_array_equal(stereo, x.T)
+
+
+def test_mono_file_duplicated_for_stereo(tmp_path):
+    path = tmp_path / "m.flac"
+    sf.write(path, _tone(48000, 1.0), 48000, subtype="PCM_16")
+    stereo = load_audio(path, _cfg(channels="stereo"))
+    assert stereo.shape == (2, 48000)
+    np.testing.assert_array_equal(stereo[0], stereo[1])
+
+
+@pytest.mark.parametrize("method", ["soxr_hq", "soxr_vhq", "scipy"])
+def test_resampling_16k_flac_to_48k_keeps_tone(tmp_path, method):
+    path = tmp_path / "r.flac"
+    sf.write(path, _tone(16000, 1.0, freq=1000.0), 16000, subtype="PCM_16")
+    audio = load_audio(path, _cfg(resample=method))
+    assert audio.shape == (1, 48000) and audio.dtype == np.float32
+    # Compare with the ideal 48 kHz tone away from the edges (filter transients).
+    ideal = _tone(48000, 1.0, freq=1000.0)
+    mid = slice(4800, 43200)
+    assert np.abs(audio[0, mid] - ideal[mid]).max() < 2e-3
+    spectrum = np.abs(np.fft.rfft(audio[0]))
+    assert np.argmax(spectrum) == 1000  # 1 Hz bins for a 1 s clip
+
+
+def test_pad_and_cut_to_duration(tmp_path):
+    short = tmp_path / "short.wav"
+    long = tmp_path / "long.wav"
+    sf.write(short, _tone(48000, 0.75), 48000)
+    sf.write(long, _tone(48000, 3.0), 48000)
+    a = load_audio(short, _cfg(duration=1.0))
+    assert a.shape == (1, 48000)
+    assert np.all(a[0, 36000:] == 0) and np.abs(a[0, :36000]).max() > 0.4
+    b = load_audio(long, _cfg(duration=1.0))
+    assert b.shape == (1, 48000)
+    c = load_audio(long, _cfg(duration=None))
+    assert c.shape == (1, 144000)
+    np.testing.assert_array_equal(b, c[:, :48000])
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _message(exc_info) -> str:
+    text = str(exc_info.value)
+    assert "\n" not in text
+    return text
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError) as e:
+        load_audio(tmp_path / "audio" / "x.wav", _cfg())
+    assert _message(e) == f"{tmp_path / 'audio' / 'x.wav'}: file not found"
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "e.wav"
+    path.write_bytes(b"")
+    with pytest.raises(UserError) as e:
+        load_audio(path, _cfg())
+    assert _message(e) == f"{path}: empty file (0 bytes)"
+
+
+def test_not_audio(tmp_path):
+    path = tmp_path / "g.wav"
+    path.write_bytes(b"this is not a wav file" * 20)
+    with pytest.raises(UserError) as e:
+        load_audio(path, _cfg())
+    assert _message(e) == f"{path}: not a readable audio file (Format not recognised)"
+
+
+def test_zero_frames(tmp_path):
+    path = tmp_path / "z.wav"
+    sf.write(path, np.zeros(0, dtype=np.float32), 48000)
+    with pytest.raises(UserError) as e:
+        load_audio(path, _cfg())
+    assert _message(e) == f"{path}: no audio samples (0 frames)"
+
+
+def test_much_shorter_than_duration(tmp_path):
+    path = tmp_path / "x.wav"
+    sf.write(path, _tone(48000, 2.1), 48000)
+    with pytest.raises(AudioProblem) as e:
+        load_audio(path, _cfg(duration=10.0))
+    assert _message(e) == f"{path}: 2.1 s long, expected 10.0 s"
+    assert e.value.reason == "2.1 s long, expected 10.0 s"
+
+
+def test_truncated_wav(tmp_path):
+    path = tmp_path / "t.wav"
+    sf.write(path, _tone(48000, 10.0), 48000, subtype="PCM_24")
+    data = path.read_bytes()
+    path.write_bytes(data[: 44 + 3 * 48000 * 8])  # header + 8 of 10 s: long enough to pass the length check
+    with pytest.raises(UserError) as e:
+        load_audio(path, _cfg(duration=10.0))
+    assert _message(e) == f"{path}: truncated WAV file (header says 10.0 s of audio, the file holds 8.0 s)"
+    with pytest.raises(UserError, match="truncated WAV"):
+        audio_info(path)
+
+
+def test_truncated_flac(tmp_path):
+    path = tmp_path / "t.flac"
+    rng = np.random.default_rng(0)
+    sf.write(path, (rng.standard_normal(48000 * 4) * 0.1).astype(np.float32), 48000, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(UserError) as e:
+        load_audio(path, _cfg(duration=4.0))
+    assert _message(e).startswith(f"{path}: cannot decode audio (")
+
+
+def test_audio_info_reads_header(tmp_path):
+    path = tmp_path / "i.flac"
+    sf.write(path, _tone(16000, 2.5, channels=2), 16000, subtype="PCM_24")
+    info = audio_info(path)
+    assert info == {
+        "sample_rate": 16000,
+        "channels": 2,
+        "frames": 40000,
+        "duration": 2.5,
+        "subtype": "PCM_24",
+        "format": "FLAC",
+    }
+    with pytest.raises(UserError, match="file not found"):
+        audio_info(tmp_path / "nope.wav")
