@@ -76,3 +76,13 @@ def test_killed_extraction_resumes_and_gives_identical_features(tmp_path):
     a, b = store.load_many(names), fresh.load_many(names)
     assert a.shape == (60, 1, 40, 101)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("channels", [2, 3])
+def test_mono_downmix_equals_numpy_mean_bit_for_bit(tmp_path, channels):
+    from dcase_effdl.audio import load_audio
+
+    data = (0.3 * np.random.default_rng(channels).standard_normal((48000, channels))).astype(np.float32)
+    sf.write(tmp_path / "x.wav", data, 48000, subtype="FLOAT")
+    out = load_audio(tmp_path / "x.wav", FeatureConfig(name="t", duration=1.0))
+    np.testing.assert_array_equal(out, data.T.mean(axis=0, keepdims=True, dtype=np.float32))
