@@ -1,0 +1,258 @@
+"""int8 conv and linear layers that run real integer kernels on the CPU (oneDNN u8 x s8 -> s32).
+
+The only module that touches a quantized-kernel API. It calls the oneDNN operators that PyTorch's
+PT2E x86 flow lowers to under `torch.compile` (`torch.ops.onednn.qconv2d_pointwise`,
+`qlinear_pointwise` and their prepack ops, part of core ATen), directly in eager mode. Nothing
+here uses the deprecated `torch.ao.quantization` eager/FX flow, torchao, or quantized tensor types:
+codes, scales and zero points are plain tensors, so a layer is stored and reloaded as such.
+
+Each layer takes a float32 input, quantizes it per tensor to uint8 with its calibrated scale and
+zero point, runs the integer kernel with int8 weights (symmetric, per output channel or per
+tensor; zero point 0), adds the float32 bias, optionally applies a fused ReLU and returns float32.
+A layer whose output reaches the next int8 layer only through dropout or flatten (`uint8_out`)
+instead requantizes in the kernel to the next layer's input scale and returns uint8 codes, which
+the next layer takes as they are (no float round trip).
+Without VNNI (AVX2) the kernel adds pairs of u8 x s8 products in int16, which can saturate: with
+`act_qmax=127` ("reduce range", PyTorch's own default for x86) activations use 7 bits and it cannot.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dcase_effdl.errors import UserError
+
+WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127]
+
+
+def check_kernels() -> None:
+    """Fail clearly where this torch build has no oneDNN int8 kernels (e.g. not an x86 CPU build)."""
+    ops = ("qconv_prepack", "qconv2d_pointwise", "qlinear_prepack", "qlinear_pointwise")
+    missing = [op for op in ops if not hasattr(torch.ops.onednn, op)]
+    if missing or not torch.backends.mkldnn.is_available():
+        raise UserError(
+            f"int8: this torch build ({torch.__version__}) lacks the oneDNN int8 kernels "
+            f"({', '.join(missing) or 'mkldnn unavailable'}); an x86 CPU build of torch >= 2.4 is needed"
+        )
+
+
+def quantize_input(x: torch.Tensor, scale: float, zero_point: int, qmax: int) -> torch.Tensor:
+    """float32 -> uint8 codes: clamp(round(x * (1 / scale) + zero_point), 0, qmax), round half to even.
+
+    One function for calibration, QAT and inference, so all round alike (4 passes, in place).
+    """
+    return torch.add(float(zero_point), x, alpha=1.0 / scale).round_().clamp_(0, qmax).to(torch.uint8)
+
+
+def activation_qparams(lo: float, hi: float, qmax: int) -> tuple[float, int]:
+    """Affine uint8 parameters covering [min(lo, 0), max(hi, 0)] (zero is exactly representable)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = (hi - lo) / qmax
+    if not math.isfinite(scale) or scale <= 0:
+        scale = 1.0
+    zero_point = int(min(max(round(-lo / scale), 0), qmax))
+    return float(scale), zero_point
+
+
+def weight_qparams(w: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes and float32 scales (one per output channel, or one) for weight `w`."""
+    w = w.detach().float()
+    if per_channel:
+        amax = w.abs().reshape(w.shape[0], -1).amax(dim=1)
+    else:
+        amax = w.abs().amax().reshape(1)
+    scale = torch.where(amax > 0, amax / WEIGHT_QMAX, torch.ones_like(amax))
+    shaped = scale.reshape(-1, *([1] * (w.dim() - 1)))
+    codes = torch.clamp(torch.round(w / shaped), -WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8)
+    return codes, scale
+
+
+def _same_padding(conv: nn.Conv2d) -> list[int] | None:
+    if conv.padding_mode != "zeros":
+        return None
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return [0, 0]
+        pads = []
+        for k, d, s in zip(conv.kernel_size, conv.dilation, conv.stride):
+            total = d * (k - 1)
+            if total % 2 or s != 1:  # asymmetric 'same' padding: the kernel takes symmetric pads only
+                return None
+            pads.append(total // 2)
+        return pads
+    return list(conv.padding)
+
+
+def supports(module: nn.Module) -> bool:
+    """Whether `module` can become an int8 layer (plain Conv2d with symmetric zero padding, or Linear)."""
+    if type(module) is nn.Linear:
+        return True
+    return type(module) is nn.Conv2d and _same_padding(module) is not None
+
+
+class _Int8Layer(nn.Module):
+    """Shared buffers: int8 `weight`, float32 `bias`, `weight_scale`, `input_scale`, `input_zero_point`."""
+
+    tensor_roles = {"weight": "weight", "bias": "bias", "weight_scale": "scale", "input_scale": "scale",
+                    "input_zero_point": "zero_point", "output_scale": "scale", "output_zero_point": "zero_point"}
+    op_bits = 8  # multiplies and adds run on 8-bit operands (MicroNet op counting)
+
+    def _init_buffers(self, weight_shape, n_scales: int, act_qmax: int, relu: bool, uint8_out: bool) -> None:
+        self.register_buffer("weight", torch.zeros(weight_shape, dtype=torch.int8))
+        self.register_buffer("bias", torch.zeros(weight_shape[0]))
+        self.register_buffer("weight_scale", torch.ones(n_scales))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32))
+        if uint8_out:  # the next int8 layer's input parameters
+            self.register_buffer("output_scale", torch.ones(()))
+            self.register_buffer("output_zero_point", torch.zeros((), dtype=torch.int32))
+        self.act_qmax = act_qmax
+        self.relu = relu
+        self.uint8_out = uint8_out
+        self._packed = None
+        self._register_load_state_dict_pre_hook(self._forget_packed)
+
+    def _forget_packed(self, *args, **kwargs) -> None:
+        self._packed = None
+
+    def set_quantized(self, codes: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                      input_scale: float, input_zero_point: int) -> None:
+        with torch.no_grad():
+            self.weight.copy_(codes)
+            self.weight_scale.copy_(weight_scale)
+            self.bias.copy_(bias if bias is not None else torch.zeros_like(self.bias))
+            self.input_scale.fill_(input_scale)
+            self.input_zero_point.fill_(input_zero_point)
+        self._packed = None
+
+    def set_output(self, scale: float, zero_point: int) -> None:
+        """Requantize the output to (scale, zero_point): the input parameters of the next int8 layer."""
+        with torch.no_grad():
+            self.output_scale.fill_(scale)
+            self.output_zero_point.fill_(zero_point)
+
+    def _quantized_input(self, x: torch.Tensor, x_scale: float, x_zp: int) -> torch.Tensor:
+        if x.dtype == torch.uint8:  # codes from the previous layer, already in this layer's parameters
+            return x
+        return quantize_input(x, x_scale, x_zp, self.act_qmax)
+
+    def _post_op(self) -> tuple[float, int, torch.dtype, str, list]:
+        """(output scale, zero point, dtype, oneDNN post-op, its scalars)."""
+        if not self.uint8_out:
+            return 1.0, 0, torch.float32, "relu" if self.relu else "none", []
+        scale, zp = float(self.output_scale), int(self.output_zero_point)
+        # Clamp in the real domain to the codes [0, act_qmax] (the kernel itself clamps to 255 only).
+        lo = 0.0 if self.relu else -zp * scale
+        return scale, zp, torch.uint8, "hardtanh", [max(lo, -zp * scale), (self.act_qmax - zp) * scale]
+
+    def _qparams(self):
+        n_out = self.weight.shape[0]
+        scales = self.weight_scale.expand(n_out).contiguous() if self.weight_scale.numel() == 1 else self.weight_scale
+        return float(self.input_scale), int(self.input_zero_point), scales, torch.zeros(n_out, dtype=torch.int64)
+
+    def __deepcopy__(self, memo):
+        # The packed oneDNN weight is an opaque tensor that cannot be deep-copied; it is rebuilt lazily.
+        packed, self._packed = self._packed, None
+        try:
+            clone = self.__class__.__new__(self.__class__)
+            memo[id(self)] = clone
+            for key, value in self.__dict__.items():
+                clone.__dict__[key] = copy.deepcopy(value, memo)
+            return clone
+        finally:
+            self._packed = packed
+
+
+class Int8Conv2d(_Int8Layer):
+    """2-D convolution with int8 weights on uint8 activations (oneDNN), float32 in and out."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                 *, per_channel: bool, act_qmax: int, relu: bool, uint8_out: bool = False):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = list(kernel_size), list(stride)
+        self.padding, self.dilation = list(padding), list(dilation)
+        self._init_buffers((out_channels, in_channels // groups, *kernel_size), out_channels if per_channel else 1,
+                           act_qmax, relu, uint8_out)
+
+    @classmethod
+    def like(cls, conv: nn.Conv2d, *, per_channel: bool, act_qmax: int, relu: bool, uint8_out: bool = False) -> "Int8Conv2d":
+        padding = _same_padding(conv)
+        if padding is None:
+            raise ValueError("padding not supported by the int8 kernel")
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
+                   conv.groups, per_channel=per_channel, act_qmax=act_qmax, relu=relu, uint8_out=uint8_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_scale, x_zp, w_scale, w_zp = self._qparams()
+        qx = self._quantized_input(x, x_scale, x_zp).contiguous(memory_format=torch.channels_last)
+        if self._packed is None:
+            self._packed = torch.ops.onednn.qconv_prepack(
+                self.weight, w_scale, x_scale, x_zp, self.stride, self.padding, self.dilation, self.groups, None)
+        o_scale, o_zp, o_dtype, post_op, scalars = self._post_op()
+        return torch.ops.onednn.qconv2d_pointwise(
+            qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, self.stride, self.padding, self.dilation,
+            self.groups, o_scale, o_zp, o_dtype, post_op, scalars, "")
+
+    def count_macs(self, inputs, output) -> int:
+        return output.numel() * (self.in_channels // self.groups) * math.prod(self.kernel_size)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "
+                f"padding={tuple(self.padding)}, per_channel={self.weight_scale.numel() > 1}, relu={self.relu}, "
+                f"act_qmax={self.act_qmax}, uint8_out={self.uint8_out}")
+
+
+class Int8Linear(_Int8Layer):
+    """Linear layer with int8 weights on uint8 activations (oneDNN), float32 in and out."""
+
+    def __init__(self, in_features, out_features, *, per_channel: bool, act_qmax: int, relu: bool, uint8_out: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_buffers((out_features, in_features), out_features if per_channel else 1, act_qmax, relu, uint8_out)
+
+    @classmethod
+    def like(cls, linear: nn.Linear, *, per_channel: bool, act_qmax: int, relu: bool, uint8_out: bool = False) -> "Int8Linear":
+        return cls(linear.in_features, linear.out_features, per_channel=per_channel, act_qmax=act_qmax, relu=relu,
+                   uint8_out=uint8_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_scale, x_zp, w_scale, w_zp = self._qparams()
+        lead = x.shape[:-1]
+        qx = self._quantized_input(x.reshape(-1, self.in_features), x_scale, x_zp).contiguous()
+        if self._packed is None:
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
+        o_scale, o_zp, o_dtype, post_op, scalars = self._post_op()
+        out = torch.ops.onednn.qlinear_pointwise(
+            qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, o_scale, o_zp, o_dtype, post_op, scalars, "")
+        return out.reshape(*lead, self.out_features)
+
+    def count_macs(self, inputs, output) -> int:
+        return output.numel() * self.in_features
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"per_channel={self.weight_scale.numel() > 1}, relu={self.relu}, act_qmax={self.act_qmax}, "
+                f"uint8_out={self.uint8_out}")
+
+
+def reference_forward(layer: _Int8Layer, x: torch.Tensor) -> torch.Tensor:
+    """The same arithmetic in float64 (dequantized codes): what the integer kernel must compute."""
+    x_scale, x_zp, w_scale, _ = layer._qparams()
+    qx = layer._quantized_input(x, x_scale, x_zp).double()
+    xd = (qx - x_zp) * x_scale
+    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+    wd = layer.weight.double() * w_scale.double().reshape(shape)
+    if isinstance(layer, Int8Conv2d):
+        out = F.conv2d(xd, wd, layer.bias.double(), layer.stride, layer.padding, layer.dilation, layer.groups)
+    else:
+        out = F.linear(xd, wd, layer.bias.double())
+    out = torch.relu(out) if layer.relu else out
+    if layer.uint8_out:
+        return quantize_input(out, float(layer.output_scale), int(layer.output_zero_point), layer.act_qmax)
+    return out
