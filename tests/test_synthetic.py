@@ -79,7 +79,7 @@ def test_audio_files_have_the_requested_format(tmp_path):
     audio, rate = sf.read(ds.audio_path(ds.clips[0]))
     assert audio.shape == (24000, 2) and rate == 48000
     assert 1e-4 < np.sqrt(np.mean(audio**2)) < 0.5 and np.max(np.abs(audio)) < 1.0
-    # Content up to 24 kHz: the band above the 8 kHz composition rate is not empty.
+    # Content up to 24 kHz: the band above the Nyquist of the 16 kHz composition rate is not empty.
     spectrum = np.abs(np.fft.rfft(audio[:, 0]))
     freqs = np.fft.rfftfreq(audio.shape[0], 1 / 48000)
     assert np.mean(spectrum[(freqs > 12000) & (freqs < 20000)]) > 1e-6 * np.mean(spectrum[freqs < 8000])
