@@ -75,23 +75,30 @@ def read_headers(paths: list[Path], workers: int = 0, progress: bool = True) -> 
         ))
 
 
-def find_odd(infos: dict[str, dict]) -> dict[str, str]:
-    """{name: reason} for files whose sample rate, channels or duration differ from most files'."""
+def find_odd(infos: dict[str, dict], min_share: float = 0.0, check_duration: bool = True) -> dict[str, str]:
+    """{name: reason} for files whose sample rate, channels or duration differ from most files'.
+
+    An attribute is judged only when its most common value is shared by at least `min_share` of the
+    files (a dataset of many rates or lengths has no "wrong" one).
+    """
     if not infos:
         return {}
-    rates = Counter(i["sample_rate"] for i in infos.values())
-    chans = Counter(i["channels"] for i in infos.values())
-    common_rate = rates.most_common(1)[0][0]
-    common_chans = chans.most_common(1)[0][0]
-    common_dur = Counter(round(i["duration"], 2) for i in infos.values()).most_common(1)[0][0]
+
+    def common(values: list):
+        value, n = Counter(values).most_common(1)[0]
+        return value if n >= min_share * len(values) else None
+
+    common_rate = common([i["sample_rate"] for i in infos.values()])
+    common_chans = common([i["channels"] for i in infos.values()])
+    common_dur = common([round(i["duration"], 2) for i in infos.values()]) if check_duration else None
     odd = {}
     for name, info in infos.items():
         reasons = []
-        if info["sample_rate"] != common_rate:
+        if common_rate is not None and info["sample_rate"] != common_rate:
             reasons.append(f"{info['sample_rate']} Hz (most files: {common_rate} Hz)")
-        if info["channels"] != common_chans:
+        if common_chans is not None and info["channels"] != common_chans:
             reasons.append(f"{info['channels']} channels (most files: {common_chans})")
-        if abs(info["duration"] - common_dur) > DURATION_TOLERANCE_S:
+        if common_dur is not None and abs(info["duration"] - common_dur) > DURATION_TOLERANCE_S:
             reasons.append(f"{info['duration']:.2f} s (most files: {common_dur:.2f} s)")
         if reasons:
             odd[name] = ", ".join(reasons)

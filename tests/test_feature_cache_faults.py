@@ -86,3 +86,91 @@ def test_mono_downmix_equals_numpy_mean_bit_for_bit(tmp_path, channels):
     sf.write(tmp_path / "x.wav", data, 48000, subtype="FLOAT")
     out = load_audio(tmp_path / "x.wav", FeatureConfig(name="t", duration=1.0))
     np.testing.assert_array_equal(out, data.T.mean(axis=0, keepdims=True, dtype=np.float32))
+
+
+def _bad_dataset(root: Path) -> tuple[list[str], dict[str, str]]:
+    """24 good 2-s clips plus one of each kind of bad file; returns (all names, {bad name: reason start})."""
+    names = _write_clips(root, 24)
+    audio = root / "audio"
+    bad = {
+        "audio/bad-empty-0-0-a.wav": "empty file",
+        "audio/bad-corrupt-0-0-a.wav": "not a readable audio file",
+        "audio/bad-truncated-0-0-a.wav": "truncated WAV file",
+        "audio/bad-rate-0-0-a.wav": "unlike the other files: 44100 Hz (most files: 48000 Hz)",
+        "audio/bad-length-0-0-a.wav": "unlike the other files: 1.50 s (most files: 2.00 s)",
+    }
+    (audio / "bad-empty-0-0-a.wav").write_bytes(b"")
+    (audio / "bad-corrupt-0-0-a.wav").write_bytes(b"RIFF" + bytes(range(256)) * 4)
+    full = (root / names[0]).read_bytes()
+    (audio / "bad-truncated-0-0-a.wav").write_bytes(full[: len(full) // 2])
+    sf.write(audio / "bad-rate-0-0-a.wav", np.zeros((88200, 2), np.float32), 44100, subtype="PCM_24")
+    sf.write(audio / "bad-length-0-0-a.wav", np.zeros((72000, 2), np.float32), 48000, subtype="PCM_24")
+    order = names[:3] + list(bad) + names[3:]
+    return order, bad
+
+
+def test_bad_audio_skipped_with_reasons(tmp_path):
+    names, bad = _bad_dataset(tmp_path / "data")
+    store = extract_features(tmp_path / "data", names, CFG, tmp_path / "cache", workers=1,
+                             on_bad_audio="skip", progress=False)
+    assert [n for n, _ in store.problems] == list(bad)  # in the order given
+    for name, reason in store.problems:
+        assert reason.startswith(bad[name]), (name, reason)
+    assert store.n_computed == 24 and len(store) == 24 and not set(bad) & set(store.filenames)
+    assert "computed 24 in" in store.summary() and "clips/s" in store.summary()
+    assert store.summary().endswith("reused 0, skipped 5 bad audio file(s)")
+    # A second run reuses the 24 entries and reports the same 5 files again.
+    again = extract_features(tmp_path / "data", names, CFG, tmp_path / "cache", workers=1,
+                             on_bad_audio="skip", progress=False)
+    assert again.n_reused == 24 and again.n_computed == 0 and again.problems == store.problems
+
+
+def test_bad_audio_stop_names_first_and_count_before_any_work(tmp_path):
+    names, bad = _bad_dataset(tmp_path / "data")
+    first = next(iter(bad))
+    with pytest.raises(UserError) as info:
+        extract_features(tmp_path / "data", names, CFG, tmp_path / "cache", workers=1, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'data' / first}: empty file")
+    assert message.endswith("(and 4 more bad audio file(s); dataset.on_bad_audio: skip leaves them out)")
+    assert "\n" not in message
+    assert _entries(tmp_path / "cache") == []  # stopped before computing anything
+
+
+def test_mixed_rates_without_a_clear_majority_are_not_wrong(tmp_path):
+    root = tmp_path / "data"
+    names = _write_clips(root, 3) + _write_clips(root / "x", 2, rate=44100, seed=1)
+    names = names[:3] + [f"x/{n}" for n in names[3:]]
+    store = extract_features(root, names, CFG, tmp_path / "cache", workers=1, on_bad_audio="stop", progress=False)
+    assert store.problems == [] and len(store) == 5  # 44.1 kHz files resampled, as the definition says
+
+
+def test_float16_storage_is_faithful_and_half_the_size(tmp_path):
+    from dcase_effdl.audio import load_audio
+    from dcase_effdl.features import logmel
+
+    root = tmp_path / "data"
+    names = _write_clips(root, 3)
+    store = extract_features(root, names, CFG, tmp_path / "cache", workers=1, progress=False)
+    raw = np.load(store.entry_path(names[0]), allow_pickle=False)
+    assert raw.dtype == np.float16 and store.entry_path(names[0]).stat().st_size < 40 * 101 * 2 + 200
+    exact = logmel(load_audio(root / names[0], CFG), CFG)
+    loaded = store.load(names[0])
+    assert loaded.dtype == np.float32 and loaded.shape == exact.shape == (1, 40, 101)
+    assert np.all(np.abs(loaded - exact) <= np.abs(exact) * 2.0**-11)  # float16 rounding, nothing more
+    assert 0 < np.max(np.abs(loaded - exact)) * 20 / np.log(10) < 0.07  # dB
+
+    linear = FeatureConfig(name="lin", sample_rate=48000, duration=2.0, log="none", power=2.0)
+    lin = extract_features(root, names[:1], linear, tmp_path / "cache", workers=1, progress=False)
+    assert np.load(lin.entry_path(names[0]), allow_pickle=False).dtype == np.float32  # may exceed 65504
+
+
+def test_float32_entry_from_an_older_cache_is_recomputed(tmp_path):
+    root = tmp_path / "data"
+    names = _write_clips(root, 2)
+    store = extract_features(root, names, CFG, tmp_path / "cache", workers=1, progress=False)
+    entry = store.entry_path(names[0])
+    np.save(entry, store.load(names[0]) + 1.0, allow_pickle=False)  # float32, as older code wrote
+    again = extract_features(root, names, CFG, tmp_path / "cache", workers=1, progress=False)
+    assert again.n_reused == 1 and again.n_computed == 1
+    np.testing.assert_array_equal(again.load(names[0]), store.load(names[0]))
