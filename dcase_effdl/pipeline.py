@@ -76,6 +76,7 @@ def extract(root: Path, filenames: list[str], feat: FeatureConfig, recipe: Recip
         root, filenames, feat, Path(recipe.cache_dir), workers=recipe.train.num_workers,
         on_bad_audio=recipe.dataset.on_bad_audio,
     )
+    log(f"[features] {store.summary()}")
     problems = list(getattr(store, "problems", []) or [])
     if problems:
         log(f"[features] skipped {len(problems)} unreadable file(s):")
