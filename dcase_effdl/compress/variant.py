@@ -1,21 +1,27 @@
 """A compressed model and its file: safetensors in each tensor's real storage format + JSON metadata.
 
 File layout (`Variant.save(path)`, `load_variant(path)`):
-- tensors: one safetensors entry per state_dict tensor, in its storage format: float16 as float16,
-  int8 codes as int8, 1-bit (+-1) tensors packed 8 per byte (`NAME.bits`, uint8), and a tensor with
-  enough exact zeros to pay for it as non-zero values plus a packed 1-bit mask (`NAME.values`,
-  `NAME.mask`), so that the size on disk follows the accounted size.
-- metadata key 'dcase_effdl': JSON with `model_spec` (rebuild the float architecture with
-  `models.build_model`), `steps` (the compression steps as recipe dicts) and `step_meta` (what
-  each step's `rebuild` needs), per-tensor `tensors` {format, role, dtype, shape, encoding}, and
-  `sha256` of the stored bytes. Loading rebuilds the module structure, decodes the tensors into it
-  and checks the digest: nothing in the file is executed, and a truncated or edited file is an error.
+- tensors: the stored values of all tensors concatenated per storage dtype into a few flat
+  safetensors entries (`blob.int8`, `blob.float16`, `blob.float32`, `blob.uint8`, ...), so the file
+  size follows the accounted size even for models with hundreds of small tensors. Each tensor is
+  stored in its format: float16 as float16, int8 codes as int8, 1-bit (+-1) tensors packed 8 per
+  byte (uint8), and a tensor with enough exact zeros to pay for it as its non-zero values plus a
+  packed 1-bit mask.
+- metadata 'dcase_effdl' (readable JSON): `model_spec` (rebuild the float architecture with
+  `models.build_model`), `steps` (the compression steps as recipe dicts), `history`, `sha256`;
+  'dcase_effdl_index' (zlib-compressed JSON, base64): per tensor {format, role, dtype, shape,
+  encoding, parts: {part: [blob, offset, length]}} and `step_meta` (what each step's `rebuild`
+  needs). Loading rebuilds the module structure, decodes the tensors into it and checks the digest
+  (over the blobs, the index, the model spec and the steps): nothing in the file is executed, and a
+  truncated or edited file is an error.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +36,7 @@ from dcase_effdl.errors import UserError
 FILE_FORMAT = "dcase_effdl.variant"
 FILE_VERSION = 1
 META_KEY = "dcase_effdl"
+INDEX_KEY = "dcase_effdl_index"
 
 _TORCH_DTYPES = {
     "float64": torch.float64,
@@ -98,7 +105,7 @@ def _encode(t: StoredTensor) -> tuple[dict[str, torch.Tensor], dict]:
         if not bool(((x == 1) | (x == -1)).all()):
             raise UserError(f"tensor '{t.name}' is marked 'binary' but holds values other than +-1")
         info["encoding"] = "bits"
-        return {f"{t.name}.bits": _pack_bits(x > 0)}, info
+        return {"bits": _pack_bits(x > 0)}, info
     dtype = _storage_dtype(t.format)
     stored = x.to(dtype)
     if stored.dtype != x.dtype and not torch.equal(stored.to(x.dtype), x):
@@ -109,34 +116,53 @@ def _encode(t: StoredTensor) -> tuple[dict[str, torch.Tensor], dict]:
     bits = FORMAT_BITS[t.format]
     if t.format != "bool" and n > 0 and nnz * bits + n < n * bits:  # values + 1-bit mask is smaller
         info["encoding"] = "sparse"
-        return {f"{t.name}.values": stored[nonzero].contiguous(), f"{t.name}.mask": _pack_bits(nonzero)}, info
+        return {"values": stored[nonzero].contiguous(), "mask": _pack_bits(nonzero)}, info
     info["encoding"] = "dense"
-    return {t.name: stored}, info
+    return {"data": stored}, info
 
 
-def _decode(name: str, info: dict, entries: dict[str, torch.Tensor], source: str) -> torch.Tensor:
+def _parts(info: dict, blobs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for part, (blob, offset, length) in info["parts"].items():
+        offset, length = int(offset), int(length)
+        if length == 0:  # empty tensors leave no blob behind
+            out[part] = torch.empty(0, dtype=_TORCH_DTYPES[blob])
+            continue
+        data = blobs[f"blob.{blob}"]
+        if offset < 0 or length < 0 or offset + length > data.numel():
+            raise ValueError(f"part '{part}' lies outside blob.{blob}")
+        out[part] = data[offset : offset + length]
+    return out
+
+
+def _decode(name: str, info: dict, blobs: dict[str, torch.Tensor], source: str) -> torch.Tensor:
     try:
+        entries = _parts(info, blobs)
         shape = [int(s) for s in info["shape"]]
         dtype = _TORCH_DTYPES[info["dtype"]]
         n = int(np.prod(shape)) if shape else 1
         if info["encoding"] == "bits":
-            flags = _unpack_bits(entries[f"{name}.bits"], n)
+            flags = _unpack_bits(entries["bits"], n)
             return torch.where(flags, 1.0, -1.0).to(dtype).reshape(shape)
         if info["encoding"] == "sparse":
-            mask = _unpack_bits(entries[f"{name}.mask"], n)
-            values = entries[f"{name}.values"]
+            mask = _unpack_bits(entries["mask"], n)
+            values = entries["values"]
+            if int(mask.sum()) != values.numel():
+                raise ValueError(f"{values.numel()} values for {int(mask.sum())} mask bits")
             out = torch.zeros(n, dtype=values.dtype)
             out[torch.from_numpy(mask.numpy())] = values
             return out.to(dtype).reshape(shape)
         if info["encoding"] == "dense":
-            return entries[name].to(dtype).reshape(shape)
+            return entries["data"].to(dtype).reshape(shape)
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise UserError(f"{source}: tensor '{name}' cannot be decoded ({type(exc).__name__}: {exc})") from None
     raise UserError(f"{source}: tensor '{name}' has unknown encoding {info.get('encoding')!r}")
 
 
-def _digest(entries: dict[str, torch.Tensor]) -> str:
+def _digest(entries: dict[str, torch.Tensor], *texts: str) -> str:
     h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode())
     for key in sorted(entries):
         x = entries[key].contiguous()
         h.update(key.encode())
@@ -162,26 +188,36 @@ def save_module(
 
     if model_spec is None:
         raise UserError(f"{path}: cannot save a variant without model_spec (needed to rebuild the architecture)")
-    entries: dict[str, torch.Tensor] = {}
+    pieces: dict[str, list[torch.Tensor]] = {}
+    lengths: dict[str, int] = {}
     tensors: dict[str, dict] = {}
     for t in stored_tensors(module):
-        stored, info = _encode(t)
-        entries.update(stored)
+        parts, info = _encode(t)
+        info["parts"] = {}
+        for part, x in parts.items():
+            blob = str(x.dtype).replace("torch.", "")
+            offset = lengths.get(blob, 0)
+            pieces.setdefault(blob, []).append(x.reshape(-1))
+            lengths[blob] = offset + x.numel()
+            info["parts"][part] = [blob, offset, x.numel()]
         tensors[t.name] = info
+    entries = {f"blob.{blob}": torch.cat(xs) for blob, xs in pieces.items() if lengths[blob] > 0}
+    index = base64.b64encode(zlib.compress(json.dumps(
+        {"tensors": tensors, "step_meta": list(step_meta) or [{} for _ in steps]}, separators=(",", ":")).encode(), 9)).decode()
+    spec_text = json.dumps(model_spec, sort_keys=True)
+    steps_data = [s.to_dict() for s in steps]
     meta = {
         "format": FILE_FORMAT,
         "version": FILE_VERSION,
         "model_spec": model_spec,
-        "steps": [s.to_dict() for s in steps],
-        "step_meta": list(step_meta) or [{} for _ in steps],
+        "steps": steps_data,
         "history": list(history),
-        "tensors": tensors,
-        "sha256": _digest(entries),
+        "sha256": _digest(entries, index, spec_text, json.dumps(steps_data, sort_keys=True)),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(entries, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    save_file(entries, str(tmp), metadata={META_KEY: json.dumps(meta), INDEX_KEY: index})
     tmp.replace(path)
     return path
 
@@ -198,7 +234,7 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     except Exception as exc:  # safetensors raises its own error type for a bad header or short file
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{path}: not a readable variant file (truncated or corrupt safetensors: {first})") from None
-    if META_KEY not in header:
+    if META_KEY not in header or INDEX_KEY not in header:
         raise UserError(f"{path}: safetensors file without dcase_effdl metadata (not a variant file)")
     try:
         meta = json.loads(header[META_KEY])
@@ -208,11 +244,17 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise UserError(f"{path}: not a dcase_effdl variant file")
     if meta.get("version") != FILE_VERSION:
         raise UserError(f"{path}: variant file version {meta.get('version')!r}, this program reads {FILE_VERSION}")
-    for key in ("model_spec", "steps", "step_meta", "tensors", "sha256"):
+    for key in ("model_spec", "steps", "sha256"):
         if key not in meta:
             raise UserError(f"{path}: variant metadata lacks '{key}'")
-    if _digest(entries) != meta["sha256"]:
-        raise UserError(f"{path}: checksum mismatch: the tensors were changed after the file was written")
+    texts = (header[INDEX_KEY], json.dumps(meta["model_spec"], sort_keys=True), json.dumps(meta["steps"], sort_keys=True))
+    if _digest(entries, *texts) != meta["sha256"]:
+        raise UserError(f"{path}: checksum mismatch: the file was changed after it was written")
+    try:
+        index = json.loads(zlib.decompress(base64.b64decode(header[INDEX_KEY])))
+        meta["tensors"], meta["step_meta"] = dict(index["tensors"]), list(index["step_meta"])
+    except (ValueError, zlib.error, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: variant tensor index is unreadable ({type(exc).__name__})") from None
     return meta, entries
 
 
