@@ -40,11 +40,13 @@ def _toy_bundle(n=240, seed=0) -> DataBundle:
                       [f"x{i}" for i in range(n - n // 2)])
 
 
-def _ctx(bundle, tmp_path=None, spec=DIGITS_SPEC):
+def _ctx(bundle, tmp_path=None, spec=DIGITS_SPEC, calls=None):
     cfg = TrainConfig(batch_size=32, lr=3e-3)
 
-    def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=()):
-        fit(model, bundle, cfg, seed=0, epochs=epochs, lr=lr, loss_fn=loss_fn, hooks=hooks)
+    def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=(), **kwargs):  # like the pipeline's
+        if calls is not None:
+            calls.append(kwargs)
+        fit(model, bundle, cfg, seed=0, epochs=epochs, lr=lr, loss_fn=loss_fn, hooks=hooks, **kwargs)
         return model
 
     return CompressContext(bundle=bundle, fine_tune=fine_tune, seed=0, model_spec=spec, work_dir=tmp_path)
@@ -119,7 +121,9 @@ def test_ramp_schedules():
 def test_gradual_pruning_ramps_during_fine_tuning_and_ends_on_target(tmp_path):
     bundle = _toy_bundle()
     steps = parse_steps([{"method": "prune", "amount": 0.8, "epochs": 4, "ramp_fraction": 0.5}], "t.yaml: variants[0].compress")
-    variant = apply_steps(_model(), steps, _ctx(bundle, tmp_path))
+    calls = []
+    variant = apply_steps(_model(), steps, _ctx(bundle, tmp_path, calls=calls))
+    assert calls == [{"select_best": False}]  # an epoch before the ramp's end is not at the target
     ramp = [r["sparsity"] for r in variant.step_meta[0]["ramp"]]
     assert ramp == pytest.approx([0.4, 0.8, 0.8, 0.8], abs=1e-4)
     table = variant.step_meta[0]["sparsity"]
@@ -188,3 +192,17 @@ def test_channel_pruning_variant_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(variant.module(bundle.x_val), loaded.module(bundle.x_val))
     assert np.isclose(variant.history[1]["size_bytes_after"] * 2, variant.history[1]["size_bytes_before"])
+
+
+def test_n_nonzero_target_exact_after_fine_tuning_moves_zero_biases(tmp_path):
+    # A fresh Keras-style model has all-zero biases; fine-tuning makes them non-zero, and the target still holds.
+    model = _model()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.bias.zero_()
+    assert _counted_nonzero(model) == sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    steps = parse_steps([{"method": "prune", "n_nonzero": 12_345, "epochs": 1}], "t.yaml: v")
+    variant = apply_steps(model, steps, _ctx(_toy_bundle(), tmp_path))
+    assert _counted_nonzero(variant.module) == 12_345
+    assert variant.history[0]["n_nonzero_after"] == 12_345

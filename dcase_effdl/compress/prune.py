@@ -14,7 +14,8 @@ weights together, `scope: layer` prunes each layer by the same fraction. No laye
 whole layer (measured), which disconnects the network. With `epochs > 0` the model is fine-tuned
 while the sparsity ramps from 0 to the target over the first `ramp_fraction` of the epochs
 (`schedule: linear | cubic`; `oneshot` prunes fully before fine-tuning); masks are re-applied after
-every optimizer step, and once more at the end (the restored best epoch may predate the ramp's end).
+every optimizer step. The last epoch is kept (when the fine-tuning accepts `select_best`; an
+earlier "best" epoch would predate the ramp's end), and the final masks are applied once more.
 The zeros are stored as the variant file chooses (values + 1-bit mask when that is smaller).
 
 `prune_channels` removes whole output channels of convolutions (smallest filter L1 norm, or smallest
@@ -26,6 +27,7 @@ conv | flatten -> dense (found by tracing the model with torch.fx); other convs 
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import math
 import typing
 from dataclasses import dataclass, field
@@ -211,6 +213,12 @@ def prune_magnitude(
     return masks
 
 
+def _accepts(fn, name: str) -> bool:
+    """Whether callable `fn` takes keyword `name` (the pipeline's fine_tune passes extras to train.fit)."""
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 @dataclass
 class PruneConfig(StepConfig):
     amount: Optional[float] = None  # fraction of the prunable weights set to zero, in [0, 1)
@@ -254,11 +262,17 @@ def apply_prune(model: nn.Module, cfg: PruneConfig, ctx):
             cfg.skip, n_zeros, epochs=cfg.epochs, schedule=cfg.schedule, ramp_fraction=cfg.ramp_fraction,
             scope=cfg.scope, max_layer_sparsity=cfg.max_layer_sparsity, where=cfg.where,
         )
-        fine_tune(model, cfg.epochs, lr=cfg.lr, hooks=[hook])
+        kwargs = {}
+        if _accepts(fine_tune, "select_best"):
+            # An epoch before the ramp's end is not at the target sparsity: keep the last epoch.
+            kwargs["select_best"] = False
+        fine_tune(model, cfg.epochs, lr=cfg.lr, hooks=[hook], **kwargs)
         ramp = hook.history
         ctx.log("prune: sparsity ramp " + " ".join(f"{r['sparsity']:.2f}" for r in ramp))
-    # The final masks again: the restored best epoch may come from before the ramp's end.
+    # The final masks again: the restored best epoch may come from before the ramp's end, and
+    # biases that were zero before fine-tuning may not be any more (n_nonzero counts them).
     layers = prunable_layers(model, cfg.skip)
+    n_zeros = zeros_for_target(model, layers, amount=cfg.amount, n_nonzero=cfg.n_nonzero, where=cfg.where)
     apply_masks(model, magnitude_masks(layers, n_zeros, scope=cfg.scope, max_layer_sparsity=cfg.max_layer_sparsity, where=cfg.where))
     table = sparsity_table(model)
     for row in table:
