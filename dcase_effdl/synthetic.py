@@ -33,7 +33,7 @@ CLIPS_PER_LOCATION = 5  # TAU has ~28; fewer per location gives more locations, 
 EVALUATE_FRACTION = 0.3
 INTERNAL_RATE = 16000  # Hz; sounds are composed here, content above 8 kHz is added in the FFT stage
 MARKER = "synthetic.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Per scene: component -> (probability that a location has it, mean level in dB). Shared
 # components (babble, traffic, announcements, rumble, impacts) make the classes overlap.
@@ -90,12 +90,14 @@ class _Synth:
         f = self.f
         return self.cached(
             ("band", f.size, lo, hi, order),
-            lambda: 1.0 / np.sqrt((1.0 + (lo / f) ** (2 * order)) * (1.0 + (f / hi) ** (2 * order))),
+            lambda: (1.0 / np.sqrt((1.0 + (lo / f) ** (2 * order)) * (1.0 + (f / hi) ** (2 * order)))).astype(np.float32),
         )
 
     def pink(self, lo: float, hi: float, order: float = 1.0) -> np.ndarray:
         """`band(lo, hi)` with a 1/f power slope."""
-        return self.cached(("pink", self.f.size, lo, hi, order), lambda: self.band(lo, hi, order) / np.sqrt(self.f))
+        return self.cached(
+            ("pink", self.f.size, lo, hi, order), lambda: (self.band(lo, hi, order) / np.sqrt(self.f)).astype(np.float32)
+        )
 
     def control(self, rate_hz: float) -> np.ndarray:
         """Standard normal control points every 1/rate_hz s covering the clip (see `expand`)."""
@@ -135,7 +137,9 @@ def _add(out: np.ndarray, start: int, x: np.ndarray) -> None:
 
 def _babble(s: _Synth, p: dict) -> np.ndarray:
     """Crowd speech: speech-band noise gated by several talkers' syllable envelopes (~4-6 Hz)."""
-    gain = s.cached(("babble",), lambda: s.band(p["babble_lo"], p["babble_hi"], 1.5) * (s.f / 500.0) ** -0.3)
+    gain = s.cached(
+        ("babble",), lambda: (s.band(p["babble_lo"], p["babble_hi"], 1.5) * (s.f / 500.0) ** -0.3).astype(np.float32)
+    )
     # Summed at control rate, expanded once: the same curve as expanding each talker, 8x cheaper.
     ctrl = 0.0
     for _ in range(p["talkers"]):
@@ -378,22 +382,23 @@ def _room(params: dict, n: int, fs: int, sample_rate: int) -> dict:
     f_out = np.fft.rfftfreq(m_out, 1.0 / sample_rate)
     air = f_out[k:] / (fs / 2)
     air_shape = 10 ** (params["air_db"] / 20) * air ** -params["air_slope"] / np.sqrt(2)
+    # float32 / complex64 from here on: 16- and 24-bit files need no more, and the FFTs run ~3x faster.
     return {
         "m": m,
-        "response": response[:k] * (m_out / m),  # m_out / m keeps the level through the longer inverse FFT
+        "response": (response[:k] * (m_out / m)).astype(np.complex64),  # m_out / m keeps the level
         "m_out": m_out,
         "k": k,
         "bins_out": bins_out,
         "f_out": f_out[:k],
         "ref_band": (f > 0.75 * fs / 2) & (f < 0.95 * fs / 2),
-        "air_shape": air_shape * (m_out / m),
+        "air_shape": (air_shape * (m_out / m)).astype(np.float32),
     }
 
 
 def _render(
     params: dict, clip_seed: list[int], duration: float, sample_rate: int, channels: int, cache: dict | None = None
 ) -> np.ndarray:
-    """One clip as float64 (samples, channels) at `sample_rate` Hz; `cache` is shared by a location's clips."""
+    """One clip as float32 (samples, channels) at `sample_rate` Hz; `cache` is shared by a location's clips."""
     cache = {} if cache is None else cache
     rng = np.random.default_rng(clip_seed)
     fs = min(INTERNAL_RATE, sample_rate)
@@ -407,26 +412,26 @@ def _render(
     # FFT stage: room reverb (linear convolution), EQ tilt, resampling, air noise above fs / 2.
     room = s.cached(("room", n, fs, sample_rate), lambda: _room(params, n, fs, sample_rate))
     k = room["k"]
-    spec = np.fft.rfft(mix, room["m"])
+    spec = np.fft.rfft(mix.astype(np.float32), room["m"])
     ref = np.sqrt(np.mean(np.abs(spec[room["ref_band"]]) ** 2)) if room["ref_band"].any() else 0.0
     spec = spec[:k] * room["response"]
     n_out = int(round(duration * sample_rate))
-    out = np.empty((n_out, channels))
-    y = np.empty(room["bins_out"], dtype=complex)
+    out = np.empty((n_out, channels), dtype=np.float32)
+    y = np.empty(room["bins_out"], dtype=np.complex64)
     for c in range(channels):
         y[:k] = spec
         if c > 0:  # another microphone: small delay and gain difference
             delay_s = params["channel_delay_ms"] * 1e-3 * c
             y[:k] *= np.exp(-2j * np.pi * room["f_out"] * delay_s) * 10 ** (rng.normal(0.0, 1.0) / 20)
         if room["bins_out"] > k:  # air noise continuing the spectrum smoothly above the internal Nyquist
-            y[k:] = _white_spectrum(rng, room["bins_out"] - k) * (ref * room["air_shape"])
+            y[k:] = _white_spectrum(rng, room["bins_out"] - k) * (np.float32(ref) * room["air_shape"])
         out[:, c] = np.fft.irfft(y, room["m_out"])[:n_out]
 
-    rms = np.sqrt(np.mean(out * out)) + 1e-12
-    out *= 10 ** ((params["level_dbfs"] + rng.normal(0.0, 1.0)) / 20) / rms
+    rms = np.sqrt(np.mean(out * out, dtype=np.float64)) + 1e-12
+    out *= np.float32(10 ** ((params["level_dbfs"] + rng.normal(0.0, 1.0)) / 20) / rms)
     peak = np.max(np.abs(out))
     if peak > 0.98:  # keep PCM files unclipped
-        out *= 0.98 / peak
+        out *= np.float32(0.98 / peak)
     return out
 
 
@@ -579,7 +584,7 @@ def make_dataset(
             for row in by_location[loc]:
                 audio = _render(params, [int(seed), 2, row["segment"]], float(duration), int(sample_rate), int(channels), cache)
                 if subtype == "PCM_16":  # our own rounding: cheaper than libsndfile's float conversion
-                    audio = np.round(audio * 32767.0).astype(np.int16)
+                    audio = np.round(audio * np.float32(32767.0)).astype(np.int16)
                 sf.write(out / row["filename"], audio, int(sample_rate), subtype=subtype, format="WAV")
                 bar.update()
 
