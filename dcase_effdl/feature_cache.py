@@ -289,6 +289,21 @@ def _run_serial(todo, cfg, on_bad_audio, bar) -> dict[str, str | None]:
     return results
 
 
+def _worker_context():
+    """'forkserver' where the OS has it, else 'spawn': workers never inherit a forked torch/OpenMP state.
+
+    The fork server imports torch once (~3 s) and forks every worker from that clean process, so
+    workers start in ~0.1 s instead of each importing torch (2 x 10 s measured on a busy 2-core
+    machine), and a later extraction in the same run reuses the server.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        # Has no effect once the server runs (then it has these modules from an earlier call, or is another's).
+        context.set_forkserver_preload(["dcase_effdl.features", "dcase_effdl.audio", "dcase_effdl.feature_cache"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 def _can_spawn() -> bool:
     """'spawn' workers re-import the main script; a script read from stdin cannot be (the pool would hang)."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
@@ -300,8 +315,7 @@ def _run_parallel(todo, cfg, on_bad_audio, bar, n_workers) -> dict[str, str | No
 
     window, mel = frontend_arrays(cfg)
     results: dict[str, str | None] = {}
-    # 'spawn': workers start clean (no forked torch/OpenMP state), the same on Linux, macOS, Windows.
-    context = multiprocessing.get_context("spawn")
+    context = _worker_context()
     with ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_worker, initargs=(cfg, window, mel)) as pool:
         pending = {pool.submit(_compute_chunk, chunk, cfg): len(chunk) for chunk in _chunks(todo, n_workers)}
         stopping = False
