@@ -81,7 +81,7 @@ def test_int8_runs_integer_kernels_and_stays_close_to_float(trained):
     assert all(m.weight.dtype == torch.int8 for m in layers)
     assert not any(isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) for m in module.modules())
     assert variant.precisions == {"int8"}
-    assert variant.complexity_management == "int8 quantization"
+    assert variant.complexity_management == "int8 post-training quantization"
 
     x, _ = _data(60, 2)
     log = _OpLog()
@@ -168,6 +168,7 @@ def test_qat_fine_tunes_with_fake_quantization(trained):
     variant = apply_steps(trained, parse_steps([{"method": "int8", "qat_epochs": 1, "qat_lr": 1e-4}], "r"),
                           CompressContext(bundle=bundle, model_spec=_spec(), fine_tune=fine_tune))
     assert seen == {"fake": 4, "epochs": 1, "lr": 1e-4}
+    assert variant.complexity_management == "int8 quantization-aware training"
     assert sum(isinstance(m, K._Int8Layer) for m in variant.module.modules()) == 4
     x, _ = _data(30, 6)
     with torch.no_grad():

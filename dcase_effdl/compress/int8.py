@@ -55,6 +55,9 @@ class Int8Config(StepConfig):
         if self.qat_lr is not None and self.qat_lr <= 0:
             raise ValueError(f"qat_lr must be > 0, got {self.qat_lr}")
 
+    def describe(self) -> str:
+        return "int8 quantization-aware training" if self.qat_epochs else "int8 post-training quantization"
+
     @property
     def act_qmax(self) -> int:
         return 127 if self.reduce_range else 255

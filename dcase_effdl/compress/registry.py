@@ -47,6 +47,10 @@ class StepConfig:
     method: ClassVar[str] = ""
     where: str = field(default="compress", init=False, repr=False, compare=False)
 
+    def describe(self) -> str | None:
+        """Leaderboard text for this step when it depends on the knobs; None: the method's label."""
+        return None
+
     def to_dict(self) -> dict:
         """Plain data as written in a recipe: {'method': name, knob: value, ...}."""
         data = {"method": self.method}

@@ -68,7 +68,7 @@ class Variant:
         """Leaderboard text, e.g. 'pruning + float16'; 'none' for the uncompressed parent."""
         if not self.steps:
             return "none"
-        return " + ".join(get_method(s.method).label for s in self.steps)
+        return " + ".join(s.describe() or get_method(s.method).label for s in self.steps)
 
     @property
     def precisions(self) -> set[str]:
@@ -184,7 +184,7 @@ def save_module(
     history: list[dict] = (),
 ) -> Path:
     """Write `module` as a variant file (see the module docstring); returns the path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if model_spec is None:
         raise UserError(f"{path}: cannot save a variant without model_spec (needed to rebuild the architecture)")
@@ -217,7 +217,7 @@ def save_module(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(entries, str(tmp), metadata={META_KEY: json.dumps(meta), INDEX_KEY: index})
+    tmp.write_bytes(save(entries, metadata={META_KEY: json.dumps(meta), INDEX_KEY: index}))
     tmp.replace(path)
     return path
 
