@@ -215,8 +215,14 @@ def build(spec: dict) -> torch.nn.Module:
 # ---------------------------------------------------------------- stage 3: training
 
 
-def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path) -> torch.nn.Module:
-    """Train the float32 parent, or load it when this run folder already finished training."""
+def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, resume: bool = False,
+                 run_hash: str | None = None) -> torch.nn.Module:
+    """Train the float32 parent, or load it when this run folder already finished training.
+
+    `resume` continues from train/last.pt (written every epoch); under torchrun every rank trains
+    and rank 0 alone writes.
+    """
+    from dcase_effdl.distributed import current
     from dcase_effdl.train import fit, seed_everything
 
     train_dir = run_dir / "train"
@@ -233,9 +239,11 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path) 
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[train] {spec['name']}: {n_params:,} parameters, {recipe.train.epochs} epochs, "
         f"{len(bundle.x_train)} train / {len(bundle.x_val)} validation clips")
-    history = fit(model, bundle, recipe.train, seed=recipe.seed, out_dir=train_dir)
+    history = fit(model, bundle, recipe.train, seed=recipe.seed, out_dir=train_dir, resume=resume, run_hash=run_hash)
     row = history.epochs[history.best_epoch - 1] if history.epochs else {}
     log(f"[train] best epoch {history.best_epoch}: validation macro accuracy {row.get('val_accuracy', float('nan')):.1f} %")
+    if not current().is_main:
+        return model.eval()
     tmp = best.with_name("best.tmp.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     os.replace(tmp, best)
@@ -327,8 +335,15 @@ def write_pictures(run_dir: Path) -> None:
     write_report(run_dir)
 
 
-def run(recipe_path: str | Path, data: str | None = None, out: str | None = None, overrides: list[str] = ()) -> Path:
-    """Run a recipe end to end and return its run folder."""
+def run(recipe_path: str | Path, data: str | None = None, out: str | None = None, overrides: list[str] = (),
+        resume: bool = False) -> Path:
+    """Run a recipe end to end and return its run folder (`resume`: continue train/last.pt).
+
+    Under `torchrun --nproc_per_node N -m dcase_effdl run RECIPE` the N processes train the parent
+    together (DistributedDataParallel); rank 0 alone prepares features first, writes files and
+    runs the later stages.
+    """
+    from dcase_effdl import distributed
     from dcase_effdl.compress import parse_steps
 
     recipe, feat = load_recipe(recipe_path, overrides)
@@ -339,11 +354,20 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
     run_dir = Path(out) if out else Path(recipe.out_dir) / recipe.name
     data_root = data if data is not None else recipe.dataset.root
 
-    bundle = prepare_data(recipe, feat, data)
-    prepare_run_dir(run_dir, recipe, feat, config_hash(recipe, feat, data_root))
-    write_json(run_dir / "normalization.json", bundle.normalization)
+    ctx = distributed.setup(recipe.train.device)
+    digest = config_hash(recipe, feat, data_root)
+    if ctx.is_main:  # the other ranks wait, then read the features rank 0 cached
+        bundle = prepare_data(recipe, feat, data)
+        prepare_run_dir(run_dir, recipe, feat, digest)
+        write_json(run_dir / "normalization.json", bundle.normalization)
+    ctx.barrier()
+    if not ctx.is_main:
+        bundle = prepare_data(recipe, feat, data)
     spec = model_spec(recipe, bundle)
-    parent = train_parent(recipe, bundle, spec, run_dir)
+    parent = train_parent(recipe, bundle, spec, run_dir, resume=resume, run_hash=digest)
+    distributed.teardown()
+    if not ctx.is_main:
+        return run_dir
     make_variants(recipe, parent, bundle, spec, run_dir)
     table = write_rows(run_dir)
     write_pictures(run_dir)
