@@ -20,6 +20,15 @@ from train_helpers import all_techniques, tiny_bundle, tiny_model
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is faster, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def numbers(history):
     """History rows without wall-clock times."""
     return [{k: v for k, v in row.items() if "seconds" not in k} for row in history.epochs]
@@ -82,7 +91,7 @@ def test_resume_after_kill_9(tmp_path):
     bundle, cfg = tiny_bundle(), all_techniques(swa=None)
     script = tmp_path / "killed.py"
     script.write_text(KILL_SCRIPT.format(tests=str(REPO / "tests"), out=str(tmp_path / "run")))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (tmp_path / "run" / "last.pt.tmp").exists() or (tmp_path / "run" / "last.pt").exists()
