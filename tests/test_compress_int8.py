@@ -201,3 +201,30 @@ def test_int8_refuses_one_bit_weights(trained):
     with pytest.raises(UserError, match=r"compress\[0\]: int8 cannot apply to a model whose weights are already binary "
                                         r"\(features.1.0.weight\)"):
         _int8(model)
+
+
+def test_code_max_pool_equals_float_pooling_on_codes():
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 128, (2, 5, 23, 47), dtype=torch.uint8, generator=g)
+    for kernel in [(5, 5), (4, 10), 3]:
+        pool = K.CodeMaxPool2d.like(nn.MaxPool2d(kernel))
+        want = nn.functional.max_pool2d(codes.float(), kernel)
+        for x in (codes, codes.contiguous(memory_format=torch.channels_last)):
+            got = pool(x)
+            assert got.dtype == torch.uint8 and torch.equal(got.float(), want)
+    assert not K.CodeMaxPool2d.handles(nn.MaxPool2d(3, stride=2))  # overlapping windows stay float
+    assert not K.CodeMaxPool2d.handles(nn.MaxPool2d(2, padding=1))
+
+
+def test_first_layer_row_unfolding_is_exact():
+    """A 1-channel conv runs as a (k_h channels) x (1 x k_w) conv: the same integer sums."""
+    torch.manual_seed(0)
+    for conv in (nn.Conv2d(1, 8, 7, padding=3), nn.Conv2d(2, 4, (3, 5), stride=(2, 1), padding=(1, 2))):
+        q = K.Int8Conv2d.like(conv, per_channel=True, act_qmax=127, relu=False)
+        codes, scale = K.weight_qparams(conv.weight, True)
+        q.set_quantized(codes, scale, conv.bias, 0.04, 50)
+        assert q.unfold_rows
+        x = torch.randn(3, conv.in_channels, 17, 29)
+        got, want = q(x), K.reference_forward(q, x)
+        assert got.shape == want.shape
+        assert torch.allclose(got.double(), want, atol=1e-4 * float(want.abs().max()))

@@ -79,14 +79,14 @@ def _is_relu(node, modules: dict) -> bool:
 
 
 def _passes_codes(node, modules: dict, relu_fused: bool) -> bool:
-    """Ops that give the same result on uint8 codes as on the values they stand for, and are fast on them.
+    """Ops that give the same result on uint8 codes as on the values they stand for.
 
-    Max-pooling would be exact on codes too, but torch's uint8 max-pool is 4x slower than its float32
-    channels-last one here and fails on channels-last inputs (torch 2.13), so codes stop before it.
+    Max-pooling qualifies when `CodeMaxPool2d` can take its place (non-overlapping windows).
     """
     if node.op == "call_module":
         m = modules.get(node.target)
-        return isinstance(m, (nn.Dropout, nn.Identity, nn.Flatten)) or (relu_fused and isinstance(m, nn.ReLU))
+        return (isinstance(m, (nn.Dropout, nn.Identity, nn.Flatten)) or (relu_fused and isinstance(m, nn.ReLU))
+                or K.CodeMaxPool2d.handles(m))
     if node.op == "call_function":
         return node.target is torch.flatten or (relu_fused and node.target in _RELU_FUNCTIONS)
     return node.op == "call_method" and node.target == "flatten"
@@ -106,7 +106,7 @@ def _plan_fx(model: nn.Module, candidates: set[str]) -> list[dict]:
         if node.op != "call_module" or node.target not in planned:
             continue
         layer, out = modules[node.target], node
-        entry = {"name": node.target, "bn": None, "relu": False, "relu_module": None, "out_to": None}
+        entry = {"name": node.target, "bn": None, "relu": False, "relu_module": None, "out_to": None, "pools": []}
         users = list(out.users)
         if (isinstance(layer, nn.Conv2d) and len(users) == 1 and users[0].op == "call_module"
                 and isinstance(modules.get(users[0].target), nn.BatchNorm2d) and calls[users[0].target] == 1
@@ -118,13 +118,18 @@ def _plan_fx(model: nn.Module, candidates: set[str]) -> list[dict]:
             if out.op == "call_module" and calls[out.target] == 1:
                 entry["relu_module"] = out.target  # computed by the kernel: the float ReLU can go
         # Follow ops that work on codes to the next quantized layer: it can take this one's uint8 output.
+        pools = []
         while len(out.users) == 1:
             (user,) = out.users
             if user.op == "call_module" and user.target in planned and user.args and user.args[0] is out:
-                entry["out_to"] = user.target
+                entry["out_to"], entry["pools"] = user.target, pools
                 break
             if not _passes_codes(user, modules, entry["relu"]) or not user.args or user.args[0] is not out:
                 break
+            if user.op == "call_module" and isinstance(modules[user.target], nn.MaxPool2d):
+                if calls[user.target] != 1:
+                    break
+                pools.append(user.target)
             out = user
         plan.append(entry)
     return plan
@@ -140,7 +145,7 @@ def _plan_sequential(model: nn.Module, candidates: set[str]) -> list[dict]:
             name = f"{prefix}.{child}" if prefix else child
             if name not in candidates:
                 continue
-            entry = {"name": name, "bn": None, "relu": False, "relu_module": None, "out_to": None}
+            entry = {"name": name, "bn": None, "relu": False, "relu_module": None, "out_to": None, "pools": []}
             j = i + 1
             if isinstance(layer, nn.Conv2d) and j < len(children) and isinstance(children[j][1], nn.BatchNorm2d):
                 entry["bn"], j = (f"{prefix}.{children[j][0]}" if prefix else children[j][0]), j + 1
@@ -283,10 +288,13 @@ def _int8_layer(layer: nn.Module, entry: dict, cfg: Int8Config) -> K._Int8Layer:
                     uint8_out=entry["out_to"] is not None)
 
 
-def _drop_fused_relus(model: nn.Module, plan: list[dict]) -> None:
+def _swap_fused_modules(model: nn.Module, plan: list[dict]) -> None:
+    """Fused ReLUs become Identity; max-pools that receive uint8 codes become CodeMaxPool2d."""
     for entry in plan:
         if entry["relu_module"]:
             _set_module(model, entry["relu_module"], nn.Identity())
+        for name in entry["pools"]:
+            _set_module(model, name, K.CodeMaxPool2d.like(model.get_submodule(name)))
 
 
 @register_method("int8", Int8Config, label="int8 quantization", rebuild=lambda model, cfg, meta: rebuild_int8(model, cfg, meta))
@@ -322,7 +330,7 @@ def apply_int8(model: nn.Module, cfg: Int8Config, ctx):
         if entry["out_to"]:
             q.set_output(*input_qparams[entry["out_to"]])
         _set_module(model, entry["name"], q)
-    _drop_fused_relus(model, plan)
+    _swap_fused_modules(model, plan)
     n_bn = sum(1 for e in plan if e["bn"])
     n_relu = sum(1 for e in plan if e["relu"])
     n_chain = sum(1 for e in plan if e["out_to"])
@@ -334,7 +342,7 @@ def apply_int8(model: nn.Module, cfg: Int8Config, ctx):
 def rebuild_int8(model: nn.Module, cfg: Int8Config, meta: dict) -> nn.Module:
     """The structure `apply_int8` produced, from a fresh float model (tensors are loaded afterwards)."""
     try:
-        keys = ("name", "bn", "relu", "relu_module", "out_to")
+        keys = ("name", "bn", "relu", "relu_module", "out_to", "pools")
         plan = [{key: e[key] for key in keys} for e in meta["layers"]]
         for entry in plan:
             layer = model.get_submodule(entry["name"])
@@ -347,7 +355,10 @@ def rebuild_int8(model: nn.Module, cfg: Int8Config, meta: dict) -> nn.Module:
         for entry in plan:
             if entry["relu_module"]:
                 model.get_submodule(entry["relu_module"])
-        _drop_fused_relus(model, plan)
+            for name in entry["pools"]:
+                if not K.CodeMaxPool2d.handles(model.get_submodule(name)):
+                    raise ValueError(f"{name} is not a max-pool with non-overlapping windows")
+        _swap_fused_modules(model, plan)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise UserError(f"{cfg.where}: int8 layer list does not fit the model ({exc})") from None
     return model.eval()

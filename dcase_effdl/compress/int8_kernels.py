@@ -190,14 +190,38 @@ class Int8Conv2d(_Int8Layer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_scale, x_zp, w_scale, w_zp = self._qparams()
-        qx = self._quantized_input(x, x_scale, x_zp).contiguous(memory_format=torch.channels_last)
+        qx = self._quantized_input(x, x_scale, x_zp)
+        weight, stride, padding, dilation = self.weight, self.stride, self.padding, self.dilation
+        if self.unfold_rows:
+            qx, weight = self._unfold_rows(qx, x_zp), self._row_weight()
+            stride, padding, dilation = [1, stride[1]], [0, padding[1]], [1, dilation[1]]
+        qx = qx.contiguous(memory_format=torch.channels_last)
         if self._packed is None:
             self._packed = torch.ops.onednn.qconv_prepack(
-                self.weight, w_scale, x_scale, x_zp, self.stride, self.padding, self.dilation, self.groups, None)
+                weight, w_scale, x_scale, x_zp, stride, padding, dilation, self.groups, None)
         o_scale, o_zp, o_dtype, post_op, scalars = self._post_op()
         return torch.ops.onednn.qconv2d_pointwise(
-            qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, self.stride, self.padding, self.dilation,
+            qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, stride, padding, dilation,
             self.groups, o_scale, o_zp, o_dtype, post_op, scalars, "")
+
+    @property
+    def unfold_rows(self) -> bool:
+        """Few input channels (e.g. a first layer on one log-mel channel): oneDNN's int8 convolution
+        reduces over channels in groups of 4 and runs slower than float32 here, so the kernel rows
+        become channels (C_in x k_h of them, stride 1 over them) and the kernel 1 x k_w: same sums."""
+        return self.in_channels < 4 and self.groups == 1 and self.dilation[0] == 1
+
+    def _unfold_rows(self, qx: torch.Tensor, x_zp: int) -> torch.Tensor:
+        kh, sh, ph = self.kernel_size[0], self.stride[0], self.padding[0]
+        if ph:  # pad with the zero point: real zeros, as the kernel pads the other axis
+            qx = F.pad(qx, (0, 0, ph, ph), value=x_zp)
+        b, c, _, w = qx.shape
+        rows = qx.unfold(2, kh, sh)  # (B, C, H_out, W, kh)
+        return rows.permute(0, 1, 4, 2, 3).reshape(b, c * kh, rows.shape[2], w)
+
+    def _row_weight(self) -> torch.Tensor:
+        c_out, c_in, kh, kw = self.weight.shape
+        return self.weight.reshape(c_out, c_in * kh, 1, kw)
 
     def count_macs(self, inputs, output) -> int:
         return output.numel() * (self.in_channels // self.groups) * math.prod(self.kernel_size)
@@ -239,6 +263,37 @@ class Int8Linear(_Int8Layer):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"per_channel={self.weight_scale.numel() > 1}, relu={self.relu}, act_qmax={self.act_qmax}, "
                 f"uint8_out={self.uint8_out}")
+
+
+class CodeMaxPool2d(nn.MaxPool2d):
+    """Max-pooling that also takes uint8 codes (exact: the codes are monotonic in the values).
+
+    torch's uint8 max_pool2d fails on channels-last inputs and is slow here, so non-overlapping
+    windows (kernel = stride, no padding or dilation) are pooled as two strided max reductions.
+    """
+
+    @staticmethod
+    def handles(pool: nn.Module) -> bool:
+        if type(pool) is not nn.MaxPool2d or pool.return_indices or pool.ceil_mode:
+            return False
+        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        stride = pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        return pair(pool.kernel_size) == stride and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1)
+
+    @classmethod
+    def like(cls, pool: nn.MaxPool2d) -> "CodeMaxPool2d":
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            return super().forward(x)
+        kh, kw = (self.kernel_size, self.kernel_size) if isinstance(self.kernel_size, int) else self.kernel_size
+        b, c, h, w = x.shape
+        ho, wo = h // kh, w // kw
+        y = x[:, :, : ho * kh, : wo * kw].permute(0, 2, 3, 1)  # NHWC: contiguous for channels-last codes
+        y = y.reshape(b, ho, kh, wo * kw, c).amax(dim=2)
+        y = y.reshape(b, ho, wo, kw, c).amax(dim=3)
+        return y.permute(0, 3, 1, 2)
 
 
 def reference_forward(layer: _Int8Layer, x: torch.Tensor) -> torch.Tensor:
