@@ -228,3 +228,33 @@ def test_first_layer_row_unfolding_is_exact():
         got, want = q(x), K.reference_forward(q, x)
         assert got.shape == want.shape
         assert torch.allclose(got.double(), want, atol=1e-4 * float(want.abs().max()))
+
+
+class _Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, so Sequential neighbours are used."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.block(x)
+        if x.mean() > -1:  # always true; fx sees a Proxy here and gives up
+            x = x.mean(dim=(2, 3))
+        return self.head(x)
+
+
+def test_untraceable_models_fall_back_to_sequential_neighbours():
+    from dcase_effdl.compress.int8 import plan_layers
+
+    torch.manual_seed(0)
+    model = _Untraceable().eval()
+    plan = plan_layers(model, [], "r")
+    assert [(e["name"], e["bn"], e["relu"], e["out_to"]) for e in plan] == [
+        ("block.0", "block.1", True, None), ("head", None, False, None)]
+    x = torch.randn(16, 1, 8, 8)
+    bundle = DataBundle(["a", "b", "c"], x, torch.zeros(16, dtype=torch.long), x, x, x, None, [])
+    variant = apply_steps(model, parse_steps([{"method": "int8"}], "r"), CompressContext(bundle=bundle))
+    with torch.no_grad():
+        assert (variant.module(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()

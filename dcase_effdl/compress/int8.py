@@ -151,7 +151,11 @@ def _plan_sequential(model: nn.Module, candidates: set[str]) -> list[dict]:
                 entry["bn"], j = (f"{prefix}.{children[j][0]}" if prefix else children[j][0]), j + 1
             entry["relu"] = j < len(children) and isinstance(children[j][1], nn.ReLU)
             plan.append(entry)
-    return plan
+    planned = {e["name"] for e in plan}
+    for name in candidates - planned:  # outside any Sequential: quantized alone
+        plan.append({"name": name, "bn": None, "relu": False, "relu_module": None, "out_to": None, "pools": []})
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(plan, key=lambda e: order[e["name"]])
 
 
 def plan_layers(model: nn.Module, keep_float: list[str], where: str) -> list[dict]:
