@@ -88,7 +88,8 @@ def _bytes(bits: int) -> int | float:
     return bits // 8 if bits % 8 == 0 else bits / 8
 
 
-def _input_shape(obj, module: nn.Module, input_shape):
+def _input_shape(obj, input_shape) -> tuple | None:
+    """(C, F, T) of one example: given, or the variant's model_spec input; None if unknown."""
     if input_shape is not None:
         return tuple(input_shape)
     spec = getattr(obj, "model_spec", None)
@@ -169,7 +170,7 @@ def size_report(obj, policy: str = "dcase2020", *, input_shape: tuple | None = N
         if n_params > pol.limit_params:
             failures.append(f"{n_params:,} parameters > {pol.limit_params:,}")
 
-    shape = _input_shape(obj, module, input_shape)
+    shape = _input_shape(obj, input_shape)
     if shape is not None:
         from dcase_effdl.macs import count_macs
 

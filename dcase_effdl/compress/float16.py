@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from dcase_effdl.compress.registry import StepConfig, register_method
-from dcase_effdl.errors import UserError
 from dcase_effdl.compress.storage import PARAMETER_ROLES, require_not, stored_tensors
+from dcase_effdl.errors import UserError
 
 
 @dataclass
