@@ -346,8 +346,8 @@ def apply_int8(model: nn.Module, cfg: Int8Config, ctx):
 def rebuild_int8(model: nn.Module, cfg: Int8Config, meta: dict) -> nn.Module:
     """The structure `apply_int8` produced, from a fresh float model (tensors are loaded afterwards)."""
     try:
-        keys = ("name", "bn", "relu", "relu_module", "out_to", "pools")
-        plan = [{key: e[key] for key in keys} for e in meta["layers"]]
+        plan = [{"name": e["name"], "bn": e["bn"], "relu": e["relu"], "relu_module": e.get("relu_module"),
+                 "out_to": e.get("out_to"), "pools": e.get("pools", [])} for e in meta["layers"]]
         for entry in plan:
             layer = model.get_submodule(entry["name"])
             if not K.supports(layer):
