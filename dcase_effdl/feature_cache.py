@@ -12,8 +12,10 @@ names the file and says to delete it; extraction itself treats an entry of the w
 and recomputes it.
 
 Log features are stored as float16 (`storage_dtype`): half the disk space and read time (the 256-band
-stereo definitions make 7 GB instead of 15 GB for TAU 3Class); the rounding (<= 2**-11 relative, i.e.
-under 0.07 dB) is far below the spread the per-band normalisation divides by. `load` returns float32.
+stereo definitions make 7 GB instead of 15 GB for TAU 3Class). The rounding is <= 2**-11 relative:
+< 0.004 ln units (0.034 dB) for |values| < 8, at most 0.016 near ln(eps) = -36 (digital silence);
+measured on ambient3: mean 0.0008, max 0.012 ln units against a feature spread (std) of 2.5, which
+the per-band normalisation divides by. `load` returns float32.
 
 Before computing anything, every audio header is read (threads; seconds for 14,400 files): a missing,
 empty, unreadable or truncated file, and a file whose sample rate, channel count or (with a fixed
