@@ -24,6 +24,8 @@ Knobs (`model.params` in a recipe):
         when alpha > 1, as in the original).
     head_channels: default 48 (2 x num_filters in the original); dropout: default 0.3.
     split_frequency: two paths on the low/high mel halves, default true.
+    bn_momentum: batch-norm running-statistics momentum (PyTorch convention, weight of the new
+        batch), default 0.01 = Keras' 0.99; short trainings need ~0.1 or the statistics lag behind.
 
 Published configuration: 3 classes, 6 input channels (stereo log-mel + deltas + delta-deltas),
 128 mel bands -> `mobnet` with the defaults (int8 after post-training quantisation in 2020).
@@ -41,7 +43,8 @@ from dcase_effdl.errors import UserError
 from dcase_effdl.models import register
 
 # Keras BatchNormalization defaults, as in the original (momentum 0.99 of the old value, eps 1e-3).
-BN = dict(momentum=0.01, eps=1e-3)
+KERAS_BN_MOMENTUM = 0.01
+BN_EPS = 1e-3
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -56,7 +59,7 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
 def conv_bn_relu(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups, bias=True),
-        nn.BatchNorm2d(c_out, **BN),
+        nn.BatchNorm2d(c_out, eps=BN_EPS),
         nn.ReLU(),
     )
 
@@ -69,7 +72,7 @@ class InvertedResidual(nn.Module):
         hidden = c_in * expansion
         self.expand = conv_bn_relu(c_in, hidden, 1)
         self.depthwise = conv_bn_relu(hidden, hidden, 3, stride=stride, groups=hidden)
-        self.project = nn.Sequential(nn.Conv2d(hidden, c_out, 1, bias=True), nn.BatchNorm2d(c_out, **BN))
+        self.project = nn.Sequential(nn.Conv2d(hidden, c_out, 1, bias=True), nn.BatchNorm2d(c_out, eps=BN_EPS))
         self.residual = residual and stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,18 +95,20 @@ def mobile_path(in_channels, first_filters, stage_channels, blocks_per_stage, st
 class MobNet(nn.Module):
     """Input (batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
 
-    def __init__(self, *, n_classes, in_channels, split_frequency, head_channels, dropout, path_kwargs):
+    def __init__(self, *, n_classes, in_channels, split_frequency, head_channels, dropout, bn_momentum, path_kwargs):
         super().__init__()
         self.split_frequency = split_frequency
         self.paths = nn.ModuleList(mobile_path(in_channels, **path_kwargs) for _ in range(2 if split_frequency else 1))
         c = path_kwargs["last_channels"]
-        self.bn_head = nn.BatchNorm2d(c, affine=False, **BN)
+        self.bn_head = nn.BatchNorm2d(c, affine=False, eps=BN_EPS)
         self.conv_head = nn.Conv2d(c, head_channels, 1, bias=False)
         self.dropout = nn.Dropout(dropout)
-        self.bn_out = nn.BatchNorm2d(head_channels, affine=False, **BN)
+        self.bn_out = nn.BatchNorm2d(head_channels, affine=False, eps=BN_EPS)
         self.conv_out = nn.Conv2d(head_channels, n_classes, 1, bias=False)
-        self.bn_logits = nn.BatchNorm2d(n_classes, affine=False, **BN)
+        self.bn_logits = nn.BatchNorm2d(n_classes, affine=False, eps=BN_EPS)
         for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = bn_momentum
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 if m.bias is not None:
@@ -136,6 +141,7 @@ def build_mobnet(
     head_channels: int = 48,
     dropout: float = 0.3,
     split_frequency: bool = True,
+    bn_momentum: float = KERAS_BN_MOMENTUM,
 ) -> MobNet:
     stage_channels, blocks_per_stage, stage_strides = list(stage_channels), list(blocks_per_stage), list(stage_strides)
     if not (len(stage_channels) == len(blocks_per_stage) == len(stage_strides)):
@@ -147,6 +153,8 @@ def build_mobnet(
         raise UserError("model 'mobnet': alpha > 0, expansion >= 1, blocks_per_stage >= 1 and strides 1 or 2 are required")
     if not 0.0 <= dropout < 1.0:
         raise UserError(f"model 'mobnet': dropout must be in [0, 1), got {dropout}")
+    if not 0.0 < bn_momentum <= 1.0:
+        raise UserError(f"model 'mobnet': bn_momentum must be in (0, 1], got {bn_momentum}")
     if split_frequency and (n_mels % 2 or n_mels < 2):
         raise UserError(f"model 'mobnet': split_frequency needs an even number of mel bands, got {n_mels}")
     if last_channels is None:
@@ -166,5 +174,6 @@ def build_mobnet(
         split_frequency=split_frequency,
         head_channels=head_channels,
         dropout=float(dropout),
+        bn_momentum=float(bn_momentum),
         path_kwargs=path_kwargs,
     )
