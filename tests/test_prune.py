@@ -124,8 +124,10 @@ def test_gradual_pruning_ramps_during_fine_tuning_and_ends_on_target(tmp_path):
     calls = []
     variant = apply_steps(_model(), steps, _ctx(bundle, tmp_path, calls=calls))
     assert calls == [{"select_best": False}]  # an epoch before the ramp's end is not at the target
-    ramp = [r["sparsity"] for r in variant.step_meta[0]["ramp"]]
-    assert ramp == pytest.approx([0.4, 0.8, 0.8, 0.8], abs=1e-4)
+    rows = variant.step_meta[0]["ramp"]
+    assert [r["sparsity"] for r in rows] == pytest.approx([0.4, 0.8, 0.8, 0.8], abs=1e-4)
+    # Only epochs at the full target are scored on validation data (and one of them is kept).
+    assert "val_accuracy" not in rows[0] and all("val_accuracy" in r for r in rows[1:])
     table = variant.step_meta[0]["sparsity"]
     total = sum(r["n_params"] for r in table)
     assert sum(r["n_params"] - r["n_nonzero"] for r in table) == round(0.8 * total)
@@ -211,3 +213,21 @@ def test_n_nonzero_target_exact_after_fine_tuning_moves_zero_biases(tmp_path):
     variant = apply_steps(model, steps, _ctx(_toy_bundle(), tmp_path))
     assert _counted_nonzero(variant.module) == 12_345
     assert variant.history[0]["n_nonzero_after"] == 12_345
+
+
+def test_best_full_sparsity_epoch_is_restored():
+    bundle = _toy_bundle()
+    model = _model()
+    hook = GradualPruning([], 20_000, epochs=4, ramp_fraction=0.5, x_val=bundle.x_val, y_val=bundle.y_val)
+    states = {}
+    for epoch in (1, 2, 3, 4):
+        hook.on_epoch_start(epoch, model)
+        with torch.no_grad():
+            model.classifier[4].bias.copy_(torch.arange(10.0) * (1 if epoch != 3 else 0))  # epoch 3 differs
+        hook.on_epoch_end(epoch, model)
+        states[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = {r["epoch"]: r.get("val_accuracy") for r in hook.history}
+    assert scores[1] is None and None not in (scores[2], scores[3], scores[4])
+    best = max((2, 3, 4), key=lambda e: (scores[e], -e))
+    assert hook.restore_best(model) == best
+    assert all(torch.equal(v, states[best][k]) for k, v in model.state_dict().items())
