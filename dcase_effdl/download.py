@@ -337,15 +337,19 @@ def download_dataset(
     if not root.is_dir():
         raise UserError(f"{root}: expected the zips to create this folder; check the file list of '{spec.name}'")
     if check and {"meta", "audio"} <= set(wanted):
-        _layout_check(root, log)
+        _layout_check(root, spec.labels, log)
     log(f"dataset root: {root}")
     return root
 
 
-def _layout_check(root: Path, log) -> None:
-    """The same check `run` does before training: metadata readable and every listed audio file present."""
+def _layout_check(root: Path, labels: bool, log) -> None:
+    """The same check `run` does before training: metadata readable and every listed audio file present.
+
+    Evaluation sets (`labels` false) ship only evaluation_setup/fold1_test.csv, maybe no meta.csv.
+    """
     from dcase_effdl import dataset  # late import: the downloader has no other use for it
 
-    ds = dataset.load_dataset(root)
-    dataset.check_layout(ds)
+    folds = dataset.FOLDS if labels else ("test",)
+    ds = dataset.load_dataset(root, folds=folds)
+    dataset.check_layout(ds, folds=None if labels else folds)
     log(f"layout check: {len(ds.clips)} clips, all audio files present")

@@ -300,3 +300,19 @@ def test_cli_download_reports_missing_audio_after_extraction(tmp_path, capsys):
     assert rc == 2
     assert err.startswith("error: 1 of 3 audio files missing") and "audio/park-paris-12-400-a.wav" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_evaluation_set_download_checks_the_test_fold_only(tmp_path, capsys):
+    names = [f"audio/{i}.wav" for i in range(3)]
+    zips = {
+        "ev.meta.zip": _zip({f"{FOLDER}/evaluation_setup/fold1_test.csv": ("filename\n" + "".join(n + "\n" for n in names)).encode()}),
+        "ev.audio.1.zip": _zip({f"{FOLDER}/{n}": b"RIFF" for n in names}),
+    }
+    spec = _spec(zips)
+    spec.labels = False
+    with _Server(zips) as server:
+        root = download.download_dataset(spec, tmp_path, mirror=server.url, **{**FAST, "check": True, "log": print})
+    assert "layout check: 3 clips, all audio files present" in capsys.readouterr().out
+    (root / "audio" / "1.wav").unlink()
+    with pytest.raises(UserError, match=r"1 of 3 audio files missing .*audio/1.wav"):
+        download._layout_check(root, False, print)
