@@ -135,6 +135,7 @@ class _Int8Layer(nn.Module):
         with torch.no_grad():
             self.output_scale.fill_(scale)
             self.output_zero_point.fill_(zero_point)
+        self._packed = None
 
     def _quantized_input(self, x: torch.Tensor, x_scale: float, x_zp: int) -> torch.Tensor:
         if x.dtype == torch.uint8:  # codes from the previous layer, already in this layer's parameters
@@ -189,17 +190,18 @@ class Int8Conv2d(_Int8Layer):
                    conv.groups, per_channel=per_channel, act_qmax=act_qmax, relu=relu, uint8_out=uint8_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_scale, x_zp, w_scale, w_zp = self._qparams()
-        qx = self._quantized_input(x, x_scale, x_zp)
-        weight, stride, padding, dilation = self.weight, self.stride, self.padding, self.dilation
-        if self.unfold_rows:
-            qx, weight = self._unfold_rows(qx, x_zp), self._row_weight()
-            stride, padding, dilation = [1, stride[1]], [0, padding[1]], [1, dilation[1]]
-        qx = qx.contiguous(memory_format=torch.channels_last)
-        if self._packed is None:
+        if self._packed is None:  # packed weights and Python scalars, cached until the tensors change
+            self._args = self._qparams(), self._post_op()
+            (x_scale, x_zp, w_scale, _), _ = self._args
+            weight, stride, padding, dilation = self._geometry()
             self._packed = torch.ops.onednn.qconv_prepack(
                 weight, w_scale, x_scale, x_zp, stride, padding, dilation, self.groups, None)
-        o_scale, o_zp, o_dtype, post_op, scalars = self._post_op()
+        (x_scale, x_zp, w_scale, w_zp), (o_scale, o_zp, o_dtype, post_op, scalars) = self._args
+        _, stride, padding, dilation = self._geometry(weights=False)
+        qx = self._quantized_input(x, x_scale, x_zp)
+        if self.unfold_rows:
+            qx = self._unfold_rows(qx, x_zp)
+        qx = qx.contiguous(memory_format=torch.channels_last)
         return torch.ops.onednn.qconv2d_pointwise(
             qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, stride, padding, dilation,
             self.groups, o_scale, o_zp, o_dtype, post_op, scalars, "")
@@ -210,6 +212,13 @@ class Int8Conv2d(_Int8Layer):
         reduces over channels in groups of 4 and runs slower than float32 here, so the kernel rows
         become channels (C_in x k_h of them, stride 1 over them) and the kernel 1 x k_w: same sums."""
         return self.in_channels < 4 and self.groups == 1 and self.dilation[0] == 1
+
+    def _geometry(self, weights: bool = True):
+        """(weight, stride, padding, dilation) the kernel sees (row-unfolded: a 1 x k_w kernel)."""
+        if not self.unfold_rows:
+            return self.weight if weights else None, self.stride, self.padding, self.dilation
+        weight = self._row_weight() if weights else None
+        return weight, [1, self.stride[1]], [0, self.padding[1]], [1, self.dilation[1]]
 
     def _unfold_rows(self, qx: torch.Tensor, x_zp: int) -> torch.Tensor:
         kh, sh, ph = self.kernel_size[0], self.stride[0], self.padding[0]
@@ -246,12 +255,12 @@ class Int8Linear(_Int8Layer):
                    uint8_out=uint8_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_scale, x_zp, w_scale, w_zp = self._qparams()
+        if self._packed is None:  # packed weights and Python scalars, cached until the tensors change
+            self._args = self._qparams(), self._post_op()
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
+        (x_scale, x_zp, w_scale, w_zp), (o_scale, o_zp, o_dtype, post_op, scalars) = self._args
         lead = x.shape[:-1]
         qx = self._quantized_input(x.reshape(-1, self.in_features), x_scale, x_zp).contiguous()
-        if self._packed is None:
-            self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
-        o_scale, o_zp, o_dtype, post_op, scalars = self._post_op()
         out = torch.ops.onednn.qlinear_pointwise(
             qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, o_scale, o_zp, o_dtype, post_op, scalars, "")
         return out.reshape(*lead, self.out_features)
