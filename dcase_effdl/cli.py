@@ -40,11 +40,14 @@ def cmd_run(args) -> int:
 def cmd_evaluate(args) -> int:
     from dcase_effdl.evaluate import evaluate_run
 
-    results = evaluate_run(args.run_dir, args.data)
+    results = evaluate_run(args.run_dir, args.data, out=args.out)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     for name, m in results.items():
+        if "output" in m:  # evaluation set without labels: predictions only
+            print(f"{name:<16} {m['n_clips']} clips, no labels: wrote {m['output']}")
+            continue
         classes = ", ".join(f"{c} {v['accuracy']:.1f}" for c, v in m["class_wise"].items() if v["accuracy"] is not None)
         print(f"{name:<16} macro accuracy {m['accuracy']:5.1f} %  log loss {m['log_loss']:.3f}  "
               f"({m['n_clips']} clips; {classes})")
@@ -188,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a finished run on fold1_evaluate of another dataset")
     p.add_argument("run_dir")
     p.add_argument("--data", required=True)
+    p.add_argument("--out", help="folder for the output files of an unlabeled evaluation set "
+                                 "(default: <run>/<variant>/evaluation/)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

@@ -98,3 +98,41 @@ def test_missing_data_root_is_one_line(tmp_path):
     proc = run_cli("run", str(REPO / "recipes" / "quickstart.yaml"), "--data", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert proc.returncode == 2
     assert "nowhere" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_labelled_set_reproduces_run_metrics(quick_run):
+    work, _ = quick_run
+    proc = run_cli("evaluate", "runs/q", "--data", "data/tiny", "--json", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    assert set(results) == {"float32", "float16"}
+    for variant, r in results.items():
+        metrics = json.loads((work / "runs/q" / variant / "metrics.json").read_text())
+        # same clips, same features, same model file: the run's own numbers come back
+        assert r["n_clips"] == metrics["n_clips"]
+        assert r["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-9)
+        assert r["log_loss"] == pytest.approx(metrics["log_loss"], rel=1e-6)
+
+
+def test_evaluate_unlabeled_set_writes_submission_files(quick_run):
+    import shutil
+
+    work, _ = quick_run
+    src = work / "data/tiny"
+    evalset = work / "data/evalset"
+    (evalset / "audio").mkdir(parents=True)
+    (evalset / "evaluation_setup").mkdir()
+    names = [line.split("\t")[0] for line in (src / "evaluation_setup/fold1_test.csv").read_text().splitlines()[1:4]]
+    rows = ["filename"]
+    for i, name in enumerate(names):  # the 2020 evaluation layout: audio/0.wav ..., no labels
+        shutil.copy(src / name, evalset / "audio" / f"{i}.wav")
+        rows.append(f"audio/{i}.wav")
+    (evalset / "evaluation_setup/fold1_test.csv").write_text("\n".join(rows) + "\n")
+    proc = run_cli("evaluate", "runs/q", "--data", "data/evalset", "--out", "eval_out", "--json", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    out = work / "eval_out" / "float16" / "Lastname_INST_task1b_2.output.csv"
+    assert results["float16"] == {"n_clips": 3, "output": str(Path("eval_out") / "float16" / out.name)}
+    lines = list(csv.reader(open(out), delimiter="\t"))
+    assert [r[0] for r in lines[1:]] == ["audio/0.wav", "audio/1.wav", "audio/2.wav"]
+    assert all(abs(sum(float(v) for v in r[2:]) - 1) < 1e-6 for r in lines[1:])
