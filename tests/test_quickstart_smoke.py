@@ -136,3 +136,21 @@ def test_evaluate_unlabeled_set_writes_submission_files(quick_run):
     lines = list(csv.reader(open(out), delimiter="\t"))
     assert [r[0] for r in lines[1:]] == ["audio/0.wav", "audio/1.wav", "audio/2.wav"]
     assert all(abs(sum(float(v) for v in r[2:]) - 1) < 1e-6 for r in lines[1:])
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_bytes(b"RIFF\x00\x00garbage" * 10), "not a readable audio file"),
+    (lambda p: p.unlink(), "missing"),
+])
+def test_bad_audio_stops_with_one_line_naming_the_file(tmp_path, damage, reason):
+    from dcase_effdl.synthetic import make_dataset
+
+    root = make_dataset(tmp_path / "d", clips_per_class=6, seed=3, duration=10.0, sample_rate=16000)
+    victim = sorted((root / "audio").glob("*.wav"))[0]
+    damage(victim)
+    proc = run_cli("run", str(REPO / "recipes" / "quickstart.yaml"), "--data", str(root), "--out", "runs/x",
+                   "--set", "cache_dir=cache", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert victim.name in last and reason in last and "Traceback" not in proc.stderr
