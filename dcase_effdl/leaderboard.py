@@ -53,7 +53,8 @@ _TABLE_KEYS = ["rank", "label", "accuracy", "log_loss", "n_params", "n_nonzero",
 _OVER_MARK = "*"
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from a run folder file; a missing or damaged file is a one-line UserError."""
     if not path.is_file():
         raise UserError(f"{path}: file not found (has this variant finished?)")
     try:
@@ -85,7 +86,7 @@ def row_from_variant(run_dir: str | Path, variant_name: str) -> dict:
     run_dir = Path(run_dir)
     variant_dir = run_dir / variant_name
     metrics_path, size_path = variant_dir / "metrics.json", variant_dir / "size.json"
-    metrics, size = _read_json(metrics_path), _read_json(size_path)
+    metrics, size = read_json(metrics_path), read_json(size_path)
     n_params = int(_need(size, "n_params", size_path))
     n_nonzero = int(_need(size, "n_nonzero", size_path))
     size_kb = float(_need(size, "size_kb", size_path))

@@ -14,7 +14,6 @@ variant's size.json and metrics.json. The package is built in a staging folder a
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import zipfile
@@ -26,6 +25,7 @@ import yaml
 
 from dcase_effdl.config import from_dict, read_yaml
 from dcase_effdl.errors import UserError
+from dcase_effdl.leaderboard import read_json
 from dcase_effdl.submission import DESCRIPTION_DEFAULTS, write_meta_yaml
 from dcase_effdl.validate import (
     MAX_SYSTEMS, Report, check_label, dataset_test_files, evaluation_set_files, validate_package,
@@ -121,18 +121,6 @@ class System:
     size: dict
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (is this a finished variant folder?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
-
-
 def _system(variant_dir: Path, label: str | None) -> System:
     if not variant_dir.is_dir():
         raise UserError(f"{variant_dir}: variant folder not found (give RUNDIR/VARIANT, e.g. runs/quickstart/float16)")
@@ -144,11 +132,11 @@ def _system(variant_dir: Path, label: str | None) -> System:
     report = Report(str(variant_dir))
     if not check_label(label, str(variant_dir), None, report):
         raise UserError(f"{report.problems[0].message} (give --label Lastname_INST_task1b_N)")
-    metrics = _read_json(variant_dir / "metrics.json")
+    metrics = read_json(variant_dir / "metrics.json")
     for key in ("accuracy", "log_loss", "class_wise"):
         if metrics.get(key) is None:
             raise UserError(f"{variant_dir / 'metrics.json'}: no '{key}' (results on labelled development data are required)")
-    return System(variant_dir, label, outputs[0], metrics, _read_json(variant_dir / "size.json"))
+    return System(variant_dir, label, outputs[0], metrics, read_json(variant_dir / "size.json"))
 
 
 def _run_description(run_dir: Path) -> dict:
