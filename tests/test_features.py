@@ -110,6 +110,20 @@ def test_no_log():
     np.testing.assert_allclose(ours[0], ref, rtol=1e-5, atol=1e-9)
 
 
+def test_float32_falls_back_to_float64_for_bands_below_its_precision(monkeypatch):
+    """16 kHz noise upsampled to 48 kHz: the top bands sit far below float32's rounding of each frame."""
+    from dcase_effdl.audio import resample
+
+    cfg = dataclasses.replace(BASE, mel_norm="slaney")
+    rng = np.random.default_rng(4)
+    y = resample((0.1 * rng.standard_normal((1, 2 * 16000))).astype(np.float32), 16000, 48000, "soxr_hq")[0]
+    ref = _librosa_logmel(y, cfg)
+    assert np.abs(logmel(y, cfg)[0] - ref).max() < PARITY_TOL
+    monkeypatch.setattr(features, "FLOAT32_MIN_BAND_RATIO", 0.0)  # float32 throughout
+    err = np.abs(logmel(y, cfg)[0] - ref).max()
+    assert err > 10 * PARITY_TOL, f"float32 alone was within {err:.2g}: the signal no longer needs the fallback"
+
+
 def test_dcase_util_2020_recipe_parity():
     """features/dcase2020_baseline.yaml == dcase_util MelExtractor's computation, written out with librosa."""
     import librosa
