@@ -28,13 +28,11 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import multiprocessing
 import os
 import re
 import secrets
-import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
@@ -50,11 +48,10 @@ TEMP_SUFFIX = ".tmp"
 # Temporary files older than this are leftovers of a crashed run (a live run renames its own in
 # well under a second) and are deleted when the folder is scanned.
 STALE_TEMP_S = 3600.0
-# Below this many files per worker, starting worker processes (~3 s each: importing torch) costs more
-# than it saves, so extraction runs in this process instead.
+# Below this many files per worker thread, one thread does the work (a pool is not worth it).
 MIN_FILES_PER_WORKER = 8
-# Files per task sent to a worker: big enough that inter-process overhead is negligible against
-# ~20-50 ms of work per file, small enough that the progress bar and a 'stop' react quickly.
+# Files per task given to a worker thread: small enough that the progress bar and a 'stop' react
+# quickly and the threads finish together.
 MAX_CHUNK = 16
 
 _STAMP = re.compile(r"^(?P<filename>.+)\.(?P<stamp>[0-9a-f]{8})\.npy$")
@@ -84,12 +81,12 @@ class FeatureStore:
     n_computed: int = 0  # entries computed by the call that made this store
     n_reused: int = 0  # entries found in the cache
     seconds: float = 0.0  # wall time of the computation (header survey + features), s
-    n_workers: int = 1  # processes that computed the features
+    n_workers: int = 1  # threads that computed the features
 
     def summary(self) -> str:
         """One line: computed / reused / skipped counts and the throughput in clips/s."""
         rate = f" in {self.seconds:.1f} s ({self.n_computed / self.seconds:.1f} clips/s, {self.n_workers} " \
-               f"process{'es' if self.n_workers > 1 else ''})" if self.n_computed and self.seconds > 0 else ""
+               f"thread{'s' if self.n_workers > 1 else ''})" if self.n_computed and self.seconds > 0 else ""
         skipped = f", skipped {len(self.problems)} bad audio file(s)" if self.problems else ""
         return f"features '{self.cfg.name}': computed {self.n_computed}{rate}, reused {self.n_reused}{skipped}"
 
@@ -179,14 +176,18 @@ def _check_filename(filename: str) -> None:
 
 
 def write_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary file in the same folder, then rename: readers see all or nothing."""
+    """np.save to a temporary file in the same folder, then rename: readers see all or nothing.
+
+    No fsync (it cost ~3 ms per entry, 10 % of the extraction): a killed process still never leaves a
+    half-written entry under an entry name, since the rename happens only after the whole file is
+    written. Only a power cut or OS crash could leave a renamed entry whose data never reached the
+    disk; extraction checks entry sizes and recomputes a short one, and `load` names a corrupt one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not reach the disk before the data
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -250,15 +251,12 @@ def _compute_chunk(items: list[tuple[str, str, str]], cfg: FeatureConfig) -> lis
     return results
 
 
-def _init_worker(cfg: FeatureConfig, window: np.ndarray, mel: np.ndarray) -> None:
+def _init_worker() -> None:
     import torch
 
-    from dcase_effdl.features import prime_frontend
-
-    # One thread per process: the processes already use every core, and a fixed thread count keeps
-    # results identical to the serial path bit for bit.
+    # One intra-op thread per worker thread: the workers already use every core, and a fixed thread
+    # count keeps results identical to the serial path bit for bit.
     torch.set_num_threads(1)
-    prime_frontend(cfg, window, mel)  # spares each worker importing librosa (~3 s)
 
 
 def _chunks(items: list, n_workers: int) -> list[list]:
@@ -291,34 +289,19 @@ def _run_serial(todo, cfg, on_bad_audio, bar) -> dict[str, str | None]:
     return results
 
 
-def _worker_context():
-    """'forkserver' where the OS has it, else 'spawn': workers never inherit a forked torch/OpenMP state.
-
-    The fork server imports torch once (~3 s) and forks every worker from that clean process, so
-    workers start in ~0.1 s instead of each importing torch (2 x 10 s measured on a busy 2-core
-    machine), and a later extraction in the same run reuses the server.
-    """
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        # Has no effect once the server runs (then it has these modules from an earlier call, or is another's).
-        context.set_forkserver_preload(["dcase_effdl.features", "dcase_effdl.audio", "dcase_effdl.feature_cache"])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
-def _can_spawn() -> bool:
-    """'spawn' workers re-import the main script; a script read from stdin cannot be (the pool would hang)."""
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    return main_file is None or os.path.exists(main_file)
-
-
 def _run_parallel(todo, cfg, on_bad_audio, bar, n_workers) -> dict[str, str | None]:
+    """Threads, not processes: decoding (libsndfile), torch and file writes release the GIL, so threads
+    use every core without the ~3 s per process of importing torch, and share one window and mel basis."""
+    import torch
+
     from dcase_effdl.features import frontend_arrays
 
-    window, mel = frontend_arrays(cfg)
+    frontend_arrays(cfg)  # once, before the threads (the first call imports librosa)
     results: dict[str, str | None] = {}
-    context = _worker_context()
-    with ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_worker, initargs=(cfg, window, mel)) as pool:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(n_workers, thread_name_prefix="features", initializer=_init_worker)
+    try:
         pending = {pool.submit(_compute_chunk, chunk, cfg): len(chunk) for chunk in _chunks(todo, n_workers)}
         stopping = False
         while pending:
@@ -337,6 +320,10 @@ def _run_parallel(todo, cfg, on_bad_audio, bar, n_workers) -> dict[str, str | No
                 for future in list(pending):
                     if future.cancel():
                         pending.pop(future)
+    finally:
+        # On an error (or Ctrl-C) start nothing new; running chunks finish their current entries.
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
     return results
 
 
@@ -373,7 +360,7 @@ def extract_features(
 ) -> FeatureStore:
     """Features of `root/<filename>` for each filename, computed where not cached; returns the store.
 
-    workers: processes (0 = os.cpu_count(); 1 = this process). on_bad_audio: 'stop' raises a
+    workers: threads (0 = os.cpu_count(); 1 = this thread only). on_bad_audio: 'stop' raises a
     UserError naming the first bad file (in the given order) after every finished entry is kept;
     'skip' leaves bad files out and lists them in `store.problems` as (filename, reason).
     """
@@ -435,8 +422,6 @@ def extract_features(
 
     n_workers = (os.cpu_count() or 1) if workers <= 0 else workers
     n_workers = min(n_workers, len(todo) // MIN_FILES_PER_WORKER)
-    if not _can_spawn():
-        n_workers = 1
     with _progress_bar(len(todo), progress and bool(todo), f"features {cfg.name}") as bar:
         if n_workers > 1:
             results = _run_parallel(todo, cfg, on_bad_audio, bar, n_workers)
