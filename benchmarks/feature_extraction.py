@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clips", type=int, default=500)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "dcase_effdl_bench"))
-    parser.add_argument("--workers", type=int, default=0, help="extraction processes (0: all cores)")
+    parser.add_argument("--workers", type=int, default=0, help="extraction threads (0: all cores)")
     parser.add_argument("--repeat", type=int, default=1, help="alternate librosa / dcase_effdl N times, keep the best")
     parser.add_argument("--skip-256", action="store_true", help="skip the 256-band definitions")
     parser.add_argument("--clips-256", type=int, default=100, help="clips for each 256-band definition")
@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
         print(f"librosa per-clip loop (1 process):  {t:7.1f} s  {len(names) / t:6.1f} clips/s")
         t_lib = min(t_lib, t)
         t, store = run_project(root, names, cfg, workdir / "cache", args.workers)
-        print(f"dcase_effdl extract_features:       {t:7.1f} s  {len(names) / t:6.1f} clips/s  (processes: {store.n_workers})")
+        print(f"dcase_effdl extract_features:       {t:7.1f} s  {len(names) / t:6.1f} clips/s  (threads: {store.n_workers})")
         t_proj = min(t_proj, t)
     result["librosa_clips_per_s"] = len(names) / t_lib
     result["dcase_effdl_clips_per_s"] = len(names) / t_proj
