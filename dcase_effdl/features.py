@@ -129,11 +129,6 @@ def frontend_arrays(cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
     return _ARRAYS[key]
 
 
-def prime_frontend(cfg: FeatureConfig, window: np.ndarray, mel: np.ndarray) -> None:
-    """Install arrays computed by frontend_arrays() elsewhere (worker processes skip importing librosa)."""
-    _ARRAYS[_frontend_key(cfg)] = (window, mel)
-
-
 def _frontend_tensors(cfg: FeatureConfig, device: torch.device, dtype: torch.dtype):
     key = (_frontend_key(cfg), str(device), dtype)
     if key not in _TENSORS:
