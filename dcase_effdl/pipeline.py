@@ -236,8 +236,10 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, 
         except Exception as exc:  # safetensors raises several types for a damaged file
             raise UserError(f"{best}: cannot be read ({exc}); delete it to retrain") from None
         return model.eval()
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"[train] {spec['name']}: {n_params:,} parameters, {recipe.train.epochs} epochs, "
+    bn = (torch.nn.modules.batchnorm._BatchNorm,)
+    n_bn = sum(p.numel() for m in model.modules() if isinstance(m, bn) for p in m.parameters(recurse=False))
+    n_params = sum(p.numel() for p in model.parameters()) - n_bn
+    log(f"[train] {spec['name']}: {n_params:,} parameters (+ {n_bn:,} batch norm), {recipe.train.epochs} epochs, "
         f"{len(bundle.x_train)} train / {len(bundle.x_val)} validation clips")
     history = fit(model, bundle, recipe.train, seed=recipe.seed, out_dir=train_dir, resume=resume, run_hash=run_hash)
     row = history.epochs[history.best_epoch - 1] if history.epochs else {}
