@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="package folder (task1/<label>/... and the zip go here)")
     p.add_argument("--label", action="append", default=[], help="Lastname_INST_task1b_N, once per variant "
                    "(default: the label of the variant's output file, from the recipe)")
-    p.add_argument("--info", help="submission info YAML (authors, description); see submission_info.example.yaml")
+    p.add_argument("--info", help="submission info YAML (authors, description); see dcase_effdl/data/submission_info.example.yaml")
     p.add_argument("--dataset", help="check the outputs against this dataset's test split "
                    "(default: the run's dataset, else the 8,640 evaluation files)")
     p.set_defaults(func=cmd_submit)

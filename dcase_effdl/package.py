@@ -7,7 +7,7 @@ Writes `<out>/task1/<label>/<label>.output.csv` and `<label>.meta.yaml` for up t
 `<out>/<Lastname>_<INST>_task1b.zip`, whose members sit under one root folder
 (`Lastname_INST_task1b/task1/<label>/...`): the official 2020 checker reads the label from the
 third path component of each zip member. Authors and the system description come from a YAML the
-user fills once (template: recipes/submission_info.example.yaml); sizes and results from the
+user fills once (template: dcase_effdl/data/submission_info.example.yaml); sizes and results from the
 variant's size.json and metrics.json. The package is built in a staging folder and checked with
 `dcase_effdl.validate` first: a package the validator rejects is never written.
 """

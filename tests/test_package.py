@@ -15,7 +15,7 @@ from dcase_effdl.validate import dataset_test_files, format_report, validate_pac
 from fake_run import make_dataset, make_run
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATE = REPO / "submission_info.example.yaml"
+TEMPLATE = REPO / "dcase_effdl" / "data" / "submission_info.example.yaml"
 
 
 @pytest.fixture
