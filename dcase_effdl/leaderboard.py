@@ -46,11 +46,11 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 
 # Digits after the point in leaderboard.csv and in the printed table.
-_CSV_DIGITS = {"accuracy": 2, "log_loss": 4, "sparsity": 2, "size_kb": 2}
-_TABLE_DIGITS = {"accuracy": 1, "log_loss": 3, "sparsity": 1, "size_kb": 2}
+CSV_DIGITS = {"accuracy": 2, "log_loss": 4, "sparsity": 2, "size_kb": 2}
+TABLE_DIGITS = {"accuracy": 1, "log_loss": 3, "sparsity": 1, "size_kb": 2}
 _TABLE_KEYS = ["rank", "label", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity", "size_kb",
                "complexity_management", "variant"]
-_OVER_MARK = "*"
+OVER_MARK = "*"
 
 
 def read_json(path: Path) -> dict:
@@ -159,8 +159,8 @@ def write_leaderboard_csv(path: str | Path, rows: list[dict]) -> Path:
 def _csv_cell(key: str, value: Any) -> str:
     if value is None:
         return ""
-    if key in _CSV_DIGITS:
-        return f"{value:.{_CSV_DIGITS[key]}f}"
+    if key in CSV_DIGITS:
+        return f"{value:.{CSV_DIGITS[key]}f}"
     return str(value)
 
 
@@ -168,10 +168,10 @@ def _table_cell(key: str, row: dict) -> str:
     value = row.get(key)
     if value is None or value == "":
         return "-"
-    if key in _TABLE_DIGITS:
-        text = f"{value:,.{_TABLE_DIGITS[key]}f}"
+    if key in TABLE_DIGITS:
+        text = f"{value:,.{TABLE_DIGITS[key]}f}"
         if key == "size_kb":  # the mark (or room for it) keeps the decimal points aligned
-            text += f" {_OVER_MARK}" if row.get("over_limit") else "  "
+            text += f" {OVER_MARK}" if row.get("over_limit") else "  "
         return text
     if key in ("n_params", "n_nonzero"):
         return f"{value:,}"
@@ -196,5 +196,5 @@ def format_table(rows: list[dict]) -> str:
     over = sorted({(r.get("policy") or "?", r["limit_bytes"]) for r in rows if r.get("over_limit")})
     if over:
         limits = ", ".join(f"{policy}: {limit / 1024:,.2f} KB" for policy, limit in over)
-        lines.append(f"{_OVER_MARK} over the size limit ({limits})")
+        lines.append(f"{OVER_MARK} over the size limit ({limits})")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dcase_effdl.errors import UserError
-from dcase_effdl.leaderboard import rank_rows, rows_from_run
+from dcase_effdl.leaderboard import CSV_DIGITS, OVER_MARK, TABLE_DIGITS, rank_rows, rows_from_run
 
 PUBLISHED = {"dcase2020_task1b": "dcase2020_task1b_results.csv"}
 LIMIT_KB = {"dcase2020_task1b": 500.0}  # KB = 1024 B; the task's model size limit
@@ -39,9 +39,6 @@ TABLE_COLUMNS: list[tuple[str, str]] = [
     ("origin", "Origin"),
     ("set", "Accuracy on"),
 ]
-_DIGITS = {"accuracy": 1, "log_loss": 3, "sparsity": 1, "size_kb": 2}
-_CSV_DIGITS = {"accuracy": 2, "log_loss": 4, "sparsity": 2, "size_kb": 2}
-OVER_MARK = "*"
 SETS = {"eval": "eval", "dev": "dev"}  # published: official evaluation set / development set
 OWN_SET = "own test"  # own rows: the run's test split
 
@@ -146,7 +143,7 @@ def merged_rows(run_dirs: list[str | Path], published: str | None = None, accura
 # ---------------------------------------------------------------- formatting
 
 
-def _cell(key: str, row: dict, digits: dict[str, int] = _DIGITS, mark: bool = True) -> str:
+def _cell(key: str, row: dict, digits: dict[str, int] = TABLE_DIGITS, mark: bool = True) -> str:
     value = row.get(key)
     if value is None or value == "":
         return ""
@@ -189,7 +186,7 @@ def format_csv(rows: list[dict]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([h for _, h in TABLE_COLUMNS] + ["Over limit"])
     for r in rows:
-        writer.writerow([_cell(k, r, _CSV_DIGITS, mark=False) for k, _ in TABLE_COLUMNS] + [str(bool(r.get("over_limit")))])
+        writer.writerow([_cell(k, r, CSV_DIGITS, mark=False) for k, _ in TABLE_COLUMNS] + [str(bool(r.get("over_limit")))])
     return buf.getvalue()
 
 
@@ -200,7 +197,7 @@ def format_html(rows: list[dict]) -> str:
     for r in rows:
         classes = [r.get("origin", "own")] + (["over-limit"] if r.get("over_limit") else [])
         cells = "".join(
-            f'<td class="{"num" if k in _DIGITS or k in ("rank", "official_rank", "n_params", "n_nonzero") else "txt"}">'
+            f'<td class="{"num" if k in TABLE_DIGITS or k in ("rank", "official_rank", "n_params", "n_nonzero") else "txt"}">'
             f"{html.escape(_cell(k, r))}</td>" for k, _ in TABLE_COLUMNS
         )
         body.append(f'<tr class="{" ".join(classes)}">{cells}</tr>')

@@ -15,15 +15,20 @@ def run_cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "dcase_effdl", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("quick")
-    proc = run_cli(
+def run_tiny_quickstart(work, epochs=2):
+    """The quickstart recipe on 8 generated clips per class, into runs/q under `work`."""
+    return run_cli(
         "run", str(REPO / "recipes" / "quickstart.yaml"), "--out", "runs/q",
-        "--set", "train.epochs=2", "--set", "dataset.root=data/tiny",
+        "--set", f"train.epochs={epochs}", "--set", "dataset.root=data/tiny",
         "--set", "dataset.synthetic.clips_per_class=8", "--set", "cache_dir=cache",
         cwd=work,
     )
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("quick")
+    proc = run_tiny_quickstart(work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work, proc
 
@@ -56,24 +61,14 @@ def test_quickstart_writes_rows_and_submission(quick_run):
 
 def test_rerun_reuses_training(quick_run):
     work, _ = quick_run
-    proc = run_cli(
-        "run", str(REPO / "recipes" / "quickstart.yaml"), "--out", "runs/q",
-        "--set", "train.epochs=2", "--set", "dataset.root=data/tiny",
-        "--set", "dataset.synthetic.clips_per_class=8", "--set", "cache_dir=cache",
-        cwd=work,
-    )
+    proc = run_tiny_quickstart(work, epochs=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[train] reusing" in proc.stdout
 
 
 def test_other_config_refuses_the_folder(quick_run):
     work, _ = quick_run
-    proc = run_cli(
-        "run", str(REPO / "recipes" / "quickstart.yaml"), "--out", "runs/q",
-        "--set", "train.epochs=3", "--set", "dataset.root=data/tiny",
-        "--set", "dataset.synthetic.clips_per_class=8", "--set", "cache_dir=cache",
-        cwd=work,
-    )
+    proc = run_tiny_quickstart(work, epochs=3)
     assert proc.returncode == 2
     assert "holds a run of a different configuration" in proc.stderr
     assert "Traceback" not in proc.stderr
