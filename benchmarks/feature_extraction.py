@@ -112,7 +112,7 @@ def run_librosa(root: Path, names: list[str], cfg) -> tuple[float, np.ndarray]:
 
 
 def run_project(root: Path, names: list[str], cfg, cache: Path, workers: int):
-    from dcase_effdl.feature_cache import extract_features
+    from dcase_effdl.features.cache import extract_features
 
     shutil.rmtree(cache, ignore_errors=True)
     start = time.perf_counter()
@@ -136,8 +136,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args(argv)
 
-    from dcase_effdl import features
-    from dcase_effdl.audio import load_audio
+    from dcase_effdl.features import logmel as features
+    from dcase_effdl.features.audio import load_audio
     from dcase_effdl.config import load_features
 
     workdir = Path(args.workdir)

@@ -23,7 +23,7 @@ import torch
 
 from dcase_effdl.config import load_recipe
 from dcase_effdl.pipeline import build, model_spec, prepare_data
-from dcase_effdl.train import fit
+from dcase_effdl.training.loop import fit
 
 
 def main() -> None:

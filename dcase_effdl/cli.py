@@ -22,7 +22,7 @@ from dcase_effdl.errors import UserError
 
 
 def cmd_make_dataset(args) -> int:
-    from dcase_effdl.synthetic import make_dataset
+    from dcase_effdl.data.synthetic import make_dataset
 
     out = make_dataset(Path(args.out), clips_per_class=args.clips_per_class, seed=args.seed,
                        duration=args.duration, sample_rate=args.sample_rate)
@@ -38,7 +38,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from dcase_effdl.evaluate import evaluate_run
+    from dcase_effdl.evaluation.evaluate import evaluate_run
 
     results = evaluate_run(args.run_dir, args.data, out=args.out)
     if args.json:
@@ -56,19 +56,19 @@ def cmd_evaluate(args) -> int:
 
 def _size_reports(target: str, policy: str) -> dict:
     """One report for a model name, or one per variant for a run folder."""
-    from dcase_effdl import size
+    from dcase_effdl.compress import size
 
     path = Path(target)
     if path.is_dir():
         from dcase_effdl.compress import load_variant
-        from dcase_effdl.evaluate import variant_dirs
+        from dcase_effdl.evaluation.evaluate import variant_dirs
 
         return {d.name: size.size_report(load_variant(d / "model.safetensors"), policy=policy) for d in variant_dirs(path)}
     return {None: size.size_report_from_spec(target, policy=policy)}
 
 
 def cmd_size(args) -> int:
-    from dcase_effdl.size import format_size_table
+    from dcase_effdl.compress.size import format_size_table
 
     reports = _size_reports(args.target, args.policy)
     keys = ("n_params", "n_nonzero", "size_bytes", "size_kb")
@@ -87,7 +87,7 @@ def cmd_size(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from dcase_effdl import download
+    from dcase_effdl.data import download
 
     catalog = download.load_catalog(args.catalog)
     if args.name is None or args.name not in catalog:
@@ -105,7 +105,7 @@ def cmd_download(args) -> int:
 
 
 def cmd_check_data(args) -> int:
-    from dcase_effdl.check_data import check_data, format_report
+    from dcase_effdl.data.check_data import check_data, format_report
 
     report = check_data(args.root, workers=args.workers)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
@@ -113,7 +113,7 @@ def cmd_check_data(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from dcase_effdl.validate import dataset_test_files, format_report, validate_package
+    from dcase_effdl.submission.validate import dataset_test_files, format_report, validate_package
 
     expected = dataset_test_files(args.dataset) if args.dataset else None
     report = validate_package(args.package, expected)
@@ -122,7 +122,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from dcase_effdl.package import build_package, load_submission_info
+    from dcase_effdl.submission.package import build_package, load_submission_info
 
     info = load_submission_info(args.info) if args.info else None
     pkg = build_package(args.variants, args.out, labels=args.label or None, info=info, dataset=args.dataset)
@@ -134,7 +134,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from dcase_effdl.published import format_leaderboard, merged_rows
+    from dcase_effdl.reporting.published import format_leaderboard, merged_rows
 
     text = format_leaderboard(merged_rows(args.run_dirs, args.published, args.accuracy), args.format)
     if args.out:
@@ -146,7 +146,7 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from dcase_effdl.plots import write_comparison_plots
+    from dcase_effdl.reporting.plots import write_comparison_plots
 
     paths = write_comparison_plots(args.run_dirs, args.out, None if args.no_published else args.published)
     print(f"wrote {len(paths)} files to {args.out}")
@@ -154,7 +154,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from dcase_effdl.report import write_comparison_report, write_report
+    from dcase_effdl.reporting.report import write_comparison_report, write_report
 
     published = None if args.no_published else args.published
     if len(args.run_dirs) == 1:
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="package folder (task1/<label>/... and the zip go here)")
     p.add_argument("--label", action="append", default=[], help="Lastname_INST_task1b_N, once per variant "
                    "(default: the label of the variant's output file, from the recipe)")
-    p.add_argument("--info", help="submission info YAML (authors, description); see dcase_effdl/data/submission_info.example.yaml")
+    p.add_argument("--info", help="submission info YAML (authors, description); see dcase_effdl/submission/submission_info.example.yaml")
     p.add_argument("--dataset", help="check the outputs against this dataset's test split "
                    "(default: the run's dataset, else the 8,640 evaluation files)")
     p.set_defaults(func=cmd_submit)

@@ -269,7 +269,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # feature-extraction processes: 0 = all cores
     threads: int = 0  # torch intra-op threads: 0 = torch default
-    # Recipe options of dcase_effdl.train (techniques in augment.py, sampling.py, schedules.py).
+    # Recipe options of dcase_effdl.training.loop (techniques in augment.py, sampling.py, schedules.py).
     nesterov: bool = False  # SGD only
     schedule: typing.Literal["constant", "cosine", "warm_restarts", "linear"] = "constant"  # per mini-batch
     warmup_epochs: float = 0.0  # linear warm-up before the schedule

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from dcase_effdl import __version__
 from dcase_effdl.config import FeatureConfig, Recipe, load_recipe, to_dict
-from dcase_effdl.data_bundle import DataBundle
+from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
 
 
@@ -41,7 +41,7 @@ def log(message: str) -> None:
 
 def ensure_dataset(recipe: Recipe, root: Path) -> Path:
     """Generate the synthetic dataset at `root` when the recipe asks for one and it is not there."""
-    from dcase_effdl.synthetic import make_dataset
+    from dcase_effdl.data.synthetic import make_dataset
 
     syn = recipe.dataset.synthetic
     if syn is not None and not (root / "meta.csv").is_file():
@@ -70,7 +70,7 @@ def load_split_features(store, filenames: list[str]) -> torch.Tensor:
 
 
 def extract(root: Path, filenames: list[str], feat: FeatureConfig, recipe: Recipe):
-    from dcase_effdl.feature_cache import extract_features
+    from dcase_effdl.features.cache import extract_features
 
     store = extract_features(
         root, filenames, feat, Path(recipe.cache_dir), workers=recipe.train.num_workers,
@@ -89,7 +89,7 @@ def extract(root: Path, filenames: list[str], feat: FeatureConfig, recipe: Recip
 
 def tau_bundle(recipe: Recipe, feat: FeatureConfig, root: Path) -> DataBundle:
     """Features of the TAU layout at `root`: train/val split of fold1_train, test = fold1_evaluate."""
-    from dcase_effdl.dataset import check_layout, load_dataset, validation_split
+    from dcase_effdl.data.dataset import check_layout, load_dataset, validation_split
 
     ds = load_dataset(root)
     check_layout(ds)
@@ -119,7 +119,7 @@ def tau_bundle(recipe: Recipe, feat: FeatureConfig, root: Path) -> DataBundle:
 
 def prepare_data(recipe: Recipe, feat: FeatureConfig, data: str | None) -> DataBundle:
     if recipe.dataset.kind == "digits":
-        from dcase_effdl.image_data import load_digits_bundle
+        from dcase_effdl.data.digits import load_digits_bundle
 
         return load_digits_bundle(recipe.seed, recipe.dataset.validation_fraction)
     root = Path(data if data is not None else recipe.dataset.root)
@@ -222,8 +222,8 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, 
     `resume` continues from train/last.pt (written every epoch); under torchrun every rank trains
     and rank 0 alone writes.
     """
-    from dcase_effdl.distributed import current
-    from dcase_effdl.train import fit, seed_everything
+    from dcase_effdl.training.distributed import current
+    from dcase_effdl.training.loop import fit, seed_everything
 
     train_dir = run_dir / "train"
     best = train_dir / "best.safetensors"
@@ -265,7 +265,7 @@ class VariantResult:
 
 def make_context(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, variant_name: str):
     from dcase_effdl.compress import CompressContext
-    from dcase_effdl.train import fit
+    from dcase_effdl.training.loop import fit
 
     def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=(), **kwargs):
         fit(model, bundle, recipe.train, seed=recipe.seed, epochs=epochs, lr=lr, loss_fn=loss_fn,
@@ -282,9 +282,9 @@ def make_context(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, 
 
 def write_variant_outputs(variant_dir: Path, label: str, variant, bundle: DataBundle, recipe: Recipe) -> VariantResult:
     from dcase_effdl.metrics import compute_metrics
-    from dcase_effdl.size import size_report
-    from dcase_effdl.submission import write_meta_yaml, write_output_csv
-    from dcase_effdl.train import predict
+    from dcase_effdl.compress.size import size_report
+    from dcase_effdl.submission.files import write_meta_yaml, write_output_csv
+    from dcase_effdl.training.loop import predict
 
     probs = predict(variant.module, bundle.x_test)
     metrics = compute_metrics(bundle.y_test.numpy(), probs, bundle.classes)
@@ -319,7 +319,7 @@ def make_variants(recipe: Recipe, parent: torch.nn.Module, bundle: DataBundle, s
 
 
 def write_rows(run_dir: Path) -> str:
-    from dcase_effdl.leaderboard import format_table, rows_from_run, write_leaderboard_csv
+    from dcase_effdl.reporting.leaderboard import format_table, rows_from_run, write_leaderboard_csv
 
     rows = rows_from_run(run_dir)
     write_leaderboard_csv(run_dir / "leaderboard.csv", rows)
@@ -329,8 +329,8 @@ def write_rows(run_dir: Path) -> str:
 def write_pictures(run_dir: Path) -> None:
     """Plots and report.html; a failure here never loses the numbers already written."""
     try:
-        from dcase_effdl.plots import write_run_plots
-        from dcase_effdl.report import write_report
+        from dcase_effdl.reporting.plots import write_run_plots
+        from dcase_effdl.reporting.report import write_report
     except ImportError:
         return
     write_run_plots(run_dir)
@@ -345,7 +345,7 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
     together (DistributedDataParallel); rank 0 alone prepares features first, writes files and
     runs the later stages.
     """
-    from dcase_effdl import distributed
+    from dcase_effdl.training import distributed
     from dcase_effdl.compress import parse_steps
 
     recipe, feat = load_recipe(recipe_path, overrides)

@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 
 from dcase_effdl.metrics import compute_metrics
-from dcase_effdl.submission import write_meta_yaml, write_output_csv
+from dcase_effdl.submission.files import write_meta_yaml, write_output_csv
 
 CLASSES = ["indoor", "outdoor", "transportation"]
 

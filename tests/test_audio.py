@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dcase_effdl.audio import AudioProblem, audio_info, load_audio
+from dcase_effdl.features.audio import AudioProblem, audio_info, load_audio
 from dcase_effdl.config import FeatureConfig
 from dcase_effdl.errors import UserError
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from dcase_effdl import augment
+from dcase_effdl.training import augment
 
 
 def gen(seed=0):

@@ -22,10 +22,10 @@ from dcase_effdl.compress.binary import (
 )
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
-from dcase_effdl.image_data import load_digits_bundle
+from dcase_effdl.data.digits import load_digits_bundle
 from dcase_effdl.models import build_model
-from dcase_effdl.size import size_report
-from dcase_effdl.train import fit
+from dcase_effdl.compress.size import size_report
+from dcase_effdl.training.loop import fit
 
 BASELINE = {"name": "dcase2020_baseline", "params": {}, "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500}
 DIGITS = {"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dcase_effdl.breakdown import device_wise, format_breakdown
-from dcase_effdl.dataset import Clip
+from dcase_effdl.evaluation.breakdown import device_wise, format_breakdown
+from dcase_effdl.data.dataset import Clip
 
 
 def _clip(name: str, label: str) -> Clip:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dcase_effdl.check_data import check_data, format_report
+from dcase_effdl.data.check_data import check_data, format_report
 from dcase_effdl.cli import main
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -19,7 +19,7 @@ from dcase_effdl.compress import (
 )
 from dcase_effdl.errors import UserError
 from dcase_effdl.models import build_model
-from dcase_effdl.size import size_report
+from dcase_effdl.compress.size import size_report
 
 SPEC = {"name": "dcase2020_baseline", "params": {"conv_filters": [8, 16], "dense_units": 20},
         "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500}

@@ -11,11 +11,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dcase_effdl.compress import CompressContext, apply_steps, load_variant, parse_steps
 from dcase_effdl.compress import int8_kernels as K
 from dcase_effdl.config import TrainConfig
-from dcase_effdl.data_bundle import DataBundle
+from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
-from dcase_effdl.macs import count_macs
+from dcase_effdl.compress.macs import count_macs
 from dcase_effdl.models import build_model
-from dcase_effdl.size import size_report
+from dcase_effdl.compress.size import size_report
 
 SPEC = {"name": "dcase2020_baseline", "params": {"conv_filters": [8, 16], "dense_units": 20},
         "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 100}
@@ -154,7 +154,7 @@ def test_per_tensor_and_keep_float(trained):
 
 
 def test_qat_fine_tunes_with_fake_quantization(trained):
-    from dcase_effdl.train import fit
+    from dcase_effdl.training.loop import fit
 
     seen = {}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcase_effdl.dataset import (
+from dcase_effdl.data.dataset import (
     Clip,
     check_layout,
     load_dataset,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dcase_effdl.breakdown import device_wise
-from dcase_effdl.check_data import check_data
-from dcase_effdl.dataset import check_layout, load_dataset
+from dcase_effdl.evaluation.breakdown import device_wise
+from dcase_effdl.data.check_data import check_data
+from dcase_effdl.data.dataset import check_layout, load_dataset
 from dcase_effdl.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

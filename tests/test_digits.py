@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dcase_effdl.errors import UserError
-from dcase_effdl.image_data import load_digits_bundle
+from dcase_effdl.data.digits import load_digits_bundle
 from dcase_effdl.models import build_model
 
 

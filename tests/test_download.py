@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from dcase_effdl import download
-from dcase_effdl.download import DatasetSpec, RemoteFile
+from dcase_effdl.data import download
+from dcase_effdl.data.download import DatasetSpec, RemoteFile
 from dcase_effdl.errors import UserError
 
 FOLDER = "TAU-test-dataset"

@@ -10,9 +10,9 @@ from dcase_effdl.compress import CompressContext, apply_steps, load_variant, par
 from dcase_effdl.compress.factorize import choose_rank, low_rank_pair, lowrank_candidates, separable_candidates, separable_pair
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
-from dcase_effdl.image_data import load_digits_bundle
+from dcase_effdl.data.digits import load_digits_bundle
 from dcase_effdl.models import build_model
-from dcase_effdl.train import fit
+from dcase_effdl.training.loop import fit
 
 DIGITS = {"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8}
 

@@ -12,12 +12,12 @@ import pytest
 import soundfile as sf
 import yaml
 
-from dcase_effdl import feature_cache
-from dcase_effdl.audio import load_audio
+from dcase_effdl.features import cache as feature_cache
+from dcase_effdl.features.audio import load_audio
 from dcase_effdl.config import FeatureConfig
 from dcase_effdl.errors import UserError
-from dcase_effdl.feature_cache import extract_features
-from dcase_effdl.features import feature_key, logmel
+from dcase_effdl.features.cache import extract_features
+from dcase_effdl.features.logmel import feature_key, logmel
 
 # A small, fast front end: 1-s clips at 16 kHz -> (1, 32, 101).
 CFG = FeatureConfig(

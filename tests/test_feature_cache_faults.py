@@ -16,7 +16,7 @@ import soundfile as sf
 
 from dcase_effdl.config import FeatureConfig
 from dcase_effdl.errors import UserError
-from dcase_effdl.feature_cache import extract_features
+from dcase_effdl.features.cache import extract_features
 
 CFG = FeatureConfig(name="t", sample_rate=48000, duration=2.0)  # baseline front end, 2-s clips
 
@@ -45,7 +45,7 @@ def test_killed_extraction_resumes_and_gives_identical_features(tmp_path):
     cache = tmp_path / "cache"
     script = textwrap.dedent(f"""
         from dcase_effdl.config import FeatureConfig
-        from dcase_effdl.feature_cache import extract_features
+        from dcase_effdl.features.cache import extract_features
         names = [f"audio/park-paris-{{i}}-{{1000 + i}}-a.wav" for i in range(60)]
         extract_features({str(root)!r}, names, FeatureConfig(name="t", sample_rate=48000, duration=2.0),
                          {str(cache)!r}, workers=2, progress=False)
@@ -80,7 +80,7 @@ def test_killed_extraction_resumes_and_gives_identical_features(tmp_path):
 
 @pytest.mark.parametrize("channels", [2, 3])
 def test_mono_downmix_equals_numpy_mean_bit_for_bit(tmp_path, channels):
-    from dcase_effdl.audio import load_audio
+    from dcase_effdl.features.audio import load_audio
 
     data = (0.3 * np.random.default_rng(channels).standard_normal((48000, channels))).astype(np.float32)
     sf.write(tmp_path / "x.wav", data, 48000, subtype="FLOAT")
@@ -146,8 +146,8 @@ def test_mixed_rates_without_a_clear_majority_are_not_wrong(tmp_path):
 
 
 def test_float16_storage_is_faithful_and_half_the_size(tmp_path):
-    from dcase_effdl.audio import load_audio
-    from dcase_effdl.features import logmel
+    from dcase_effdl.features.audio import load_audio
+    from dcase_effdl.features.logmel import logmel
 
     root = tmp_path / "data"
     names = _write_clips(root, 3)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dcase_effdl.config import load_features
-from dcase_effdl.features import feature_shape, logmel
+from dcase_effdl.features.logmel import feature_shape, logmel
 
 FEATURES = Path(__file__).resolve().parents[1] / "features"
 

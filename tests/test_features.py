@@ -11,10 +11,10 @@ import soundfile as sf
 import torch
 import yaml
 
-from dcase_effdl import features
-from dcase_effdl.audio import load_audio
+from dcase_effdl.features import logmel as features
+from dcase_effdl.features.audio import load_audio
 from dcase_effdl.config import FeatureConfig, load_features
-from dcase_effdl.features import feature_key, feature_shape, logmel, logmel_batch, n_frames
+from dcase_effdl.features.logmel import feature_key, feature_shape, logmel, logmel_batch, n_frames
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -112,7 +112,7 @@ def test_no_log():
 
 def test_float32_falls_back_to_float64_for_bands_below_its_precision(monkeypatch):
     """16 kHz noise upsampled to 48 kHz: the top bands sit far below float32's rounding of each frame."""
-    from dcase_effdl.audio import resample
+    from dcase_effdl.features.audio import resample
 
     cfg = dataclasses.replace(BASE, mel_norm="slaney")
     rng = np.random.default_rng(4)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dcase_effdl.errors import UserError
-from dcase_effdl.leaderboard import COLUMNS, format_table, row_from_variant, rows_from_run, write_leaderboard_csv
+from dcase_effdl.reporting.leaderboard import COLUMNS, format_table, row_from_variant, rows_from_run, write_leaderboard_csv
 
 LIMIT = 512_000  # 500 KB
 

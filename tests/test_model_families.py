@@ -8,7 +8,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dcase_effdl.errors import UserError
-from dcase_effdl.macs import count_macs
+from dcase_effdl.compress.macs import count_macs
 from dcase_effdl.models import available, build_model
 from dcase_effdl.models.cp_resnet import DampedConv2d, damping_mask, kernel_sizes
 

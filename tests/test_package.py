@@ -10,12 +10,12 @@ import yaml
 
 from dcase_effdl.cli import main
 from dcase_effdl.errors import UserError
-from dcase_effdl.package import build_package, load_submission_info
-from dcase_effdl.validate import dataset_test_files, format_report, validate_package
+from dcase_effdl.submission.package import build_package, load_submission_info
+from dcase_effdl.submission.validate import dataset_test_files, format_report, validate_package
 from fake_run import make_dataset, make_run
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATE = REPO / "dcase_effdl" / "data" / "submission_info.example.yaml"
+TEMPLATE = REPO / "dcase_effdl" / "submission" / "submission_info.example.yaml"
 
 
 @pytest.fixture

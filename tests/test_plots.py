@@ -8,7 +8,7 @@ import pytest
 
 from dcase_effdl.cli import main
 from dcase_effdl.errors import UserError
-from dcase_effdl.plots import plot_accuracy_vs_size, plot_confusion_matrix, read_history, write_run_plots
+from dcase_effdl.reporting.plots import plot_accuracy_vs_size, plot_confusion_matrix, read_history, write_run_plots
 from fake_run import make_dataset, make_run
 
 
@@ -62,7 +62,7 @@ def test_accuracy_vs_size_marks_rows_over_the_limit(tmp_path):
 
 def test_history_without_validation_data(tmp_path):
     """A run without validation clips writes NaN (as JSON NaN): the curves leave it out and say so."""
-    from dcase_effdl.plots import plot_training_curves
+    from dcase_effdl.reporting.plots import plot_training_curves
 
     history = tmp_path / "history.json"
     history.write_text('{"best_epoch": 1, "epochs": [{"epoch": 1, "train_loss": 1.1, "val_loss": NaN, "val_accuracy": NaN},'

@@ -17,10 +17,10 @@ from dcase_effdl.compress.prune import (
     sparsity_table,
 )
 from dcase_effdl.config import TrainConfig
-from dcase_effdl.data_bundle import DataBundle
+from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
 from dcase_effdl.models import build_model
-from dcase_effdl.train import fit
+from dcase_effdl.training.loop import fit
 
 DIGITS_SPEC = {"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8}
 
@@ -182,7 +182,7 @@ def test_channel_pruning_shrinks_the_network_and_keeps_its_function(tmp_path):
     assert sum(p.numel() for p in model.parameters()) < 0.4 * n_before
     assert model(x).shape == (4, 3)
     # Real work saved, not zeros: conv MACs per clip fall with the channel counts (16 x 32 of 32 x 64).
-    from dcase_effdl.macs import count_macs
+    from dcase_effdl.compress.macs import count_macs
 
     macs = count_macs(model, (1, 40, 500))["macs"]
     assert macs < 0.35 * count_macs(_model(spec), (1, 40, 500))["macs"]

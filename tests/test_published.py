@@ -9,7 +9,7 @@ import pytest
 
 from dcase_effdl.cli import main
 from dcase_effdl.errors import UserError
-from dcase_effdl.published import format_leaderboard, load_published, merged_rows, published_rows
+from dcase_effdl.reporting.published import format_leaderboard, load_published, merged_rows, published_rows
 from fake_run import make_dataset, make_run
 
 

@@ -139,7 +139,7 @@ def test_evaluate_unlabeled_set_writes_submission_files(quick_run):
     (lambda p: p.unlink(), "missing"),
 ])
 def test_bad_audio_stops_with_one_line_naming_the_file(tmp_path, damage, reason):
-    from dcase_effdl.synthetic import make_dataset
+    from dcase_effdl.data.synthetic import make_dataset
 
     root = make_dataset(tmp_path / "d", clips_per_class=6, seed=3, duration=10.0, sample_rate=16000)
     victim = sorted((root / "audio").glob("*.wav"))[0]

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from dcase_effdl.compress import parse_steps
 from dcase_effdl.config import load_recipe
-from dcase_effdl.features import feature_shape
+from dcase_effdl.features.logmel import feature_shape
 from dcase_effdl.models import build_model
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

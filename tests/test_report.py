@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from dcase_effdl.cli import main
-from dcase_effdl.report import write_comparison_report, write_report
+from dcase_effdl.reporting.report import write_comparison_report, write_report
 from fake_run import make_dataset, make_run
 
 

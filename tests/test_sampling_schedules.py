@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dcase_effdl import sampling, schedules
+from dcase_effdl.training import sampling, schedules
 
 
 def test_shuffled_batches_cover_each_example_once_and_depend_on_seed_and_epoch_only():

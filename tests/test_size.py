@@ -8,9 +8,9 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dcase_effdl.errors import UserError
-from dcase_effdl.macs import count_macs
+from dcase_effdl.compress.macs import count_macs
 from dcase_effdl.models import build_model
-from dcase_effdl.size import POLICIES, format_size_table, size_report, size_report_from_spec
+from dcase_effdl.compress.size import POLICIES, format_size_table, size_report, size_report_from_spec
 
 
 class HandBaseline(nn.Module):

@@ -8,7 +8,7 @@ import yaml
 
 from dcase_effdl.errors import UserError
 from dcase_effdl.metrics import compute_metrics
-from dcase_effdl.submission import read_output_csv, write_meta_yaml, write_output_csv
+from dcase_effdl.submission.files import read_output_csv, write_meta_yaml, write_output_csv
 
 CLASSES = ["indoor", "outdoor", "transportation"]
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dcase_effdl.dataset import check_layout, load_dataset
+from dcase_effdl.data.dataset import check_layout, load_dataset
 from dcase_effdl.errors import UserError
-from dcase_effdl.synthetic import MARKER, SCENES, make_dataset
+from dcase_effdl.data.synthetic import MARKER, SCENES, make_dataset
 
 SCENE_TO_CLASS = {scene: label for label, scenes in SCENES.items() for scene in scenes}
 

@@ -21,8 +21,8 @@ SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import torch
     from safetensors.torch import save_file
-    from dcase_effdl import distributed
-    from dcase_effdl.train import fit
+    from dcase_effdl.training import distributed
+    from dcase_effdl.training.loop import fit
     from train_helpers import all_techniques, tiny_bundle, tiny_model
 
     torch.set_num_threads(1)

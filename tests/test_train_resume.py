@@ -14,7 +14,7 @@ import torch
 
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
-from dcase_effdl.train import fit, predict
+from dcase_effdl.training.loop import fit, predict
 from train_helpers import all_techniques, tiny_bundle, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     sys.path.insert(0, {tests!r})
     from train_helpers import all_techniques, tiny_bundle, tiny_model
-    from dcase_effdl.train import fit
+    from dcase_effdl.training.loop import fit
 
     class KillNine:
         def on_epoch_start(self, epoch, model):

@@ -12,8 +12,8 @@ import yaml
 
 from dcase_effdl.cli import main
 from dcase_effdl.errors import UserError
-from dcase_effdl.submission import write_meta_yaml, write_output_csv
-from dcase_effdl.validate import dataset_test_files, evaluation_set_files, format_report, validate_package
+from dcase_effdl.submission.files import write_meta_yaml, write_output_csv
+from dcase_effdl.submission.validate import dataset_test_files, evaluation_set_files, format_report, validate_package
 
 CLASSES = ["indoor", "outdoor", "transportation"]
 LABEL = "Doe_UNI_task1b_1"
@@ -179,7 +179,7 @@ META_CASES = [
 
 
 def _line_of(path: Path, keys) -> int | None:
-    from dcase_effdl.validate import _line_index
+    from dcase_effdl.submission.validate import _line_index
 
     return _line_index(path.read_text()).get(tuple(keys)) if keys else 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from dcase_effdl.config import SpecAugmentConfig, SWAConfig, TrainConfig
-from dcase_effdl.data_bundle import DataBundle
+from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.models import build_model
 
 SHAPE = (2, 16, 24)  # stereo, 16 mel bands, 24 frames

@@ -47,7 +47,7 @@ class CompressContext:
 
 def apply_steps(model: nn.Module, steps: list[StepConfig], ctx: CompressContext) -> Variant:
     """Deep-copy `model` (the parent is shared by all variants) and apply `steps` in order."""
-    from dcase_effdl.size import size_report
+    from dcase_effdl.compress.size import size_report
 
     module = copy.deepcopy(model).eval()
     history, metas = [], []

@@ -7,9 +7,9 @@ Writes `<out>/task1/<label>/<label>.output.csv` and `<label>.meta.yaml` for up t
 `<out>/<Lastname>_<INST>_task1b.zip`, whose members sit under one root folder
 (`Lastname_INST_task1b/task1/<label>/...`): the official 2020 checker reads the label from the
 third path component of each zip member. Authors and the system description come from a YAML the
-user fills once (template: dcase_effdl/data/submission_info.example.yaml); sizes and results from the
+user fills once (template: dcase_effdl/submission/submission_info.example.yaml); sizes and results from the
 variant's size.json and metrics.json. The package is built in a staging folder and checked with
-`dcase_effdl.validate` first: a package the validator rejects is never written.
+`dcase_effdl.submission.validate` first: a package the validator rejects is never written.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import yaml
 
 from dcase_effdl.config import from_dict, read_yaml
 from dcase_effdl.errors import UserError
-from dcase_effdl.leaderboard import read_json
-from dcase_effdl.submission import DESCRIPTION_DEFAULTS, write_meta_yaml
-from dcase_effdl.validate import (
+from dcase_effdl.reporting.leaderboard import read_json
+from dcase_effdl.submission.files import DESCRIPTION_DEFAULTS, write_meta_yaml
+from dcase_effdl.submission.validate import (
     MAX_SYSTEMS, Report, check_label, dataset_test_files, evaluation_set_files, validate_package,
 )
 

@@ -172,7 +172,7 @@ def size_report(obj, policy: str = "dcase2020", *, input_shape: tuple | None = N
 
     shape = _input_shape(obj, input_shape)
     if shape is not None:
-        from dcase_effdl.macs import count_macs
+        from dcase_effdl.compress.macs import count_macs
 
         macs = count_macs(module, shape)
         report["macs"] = macs["macs"]

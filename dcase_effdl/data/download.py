@@ -90,7 +90,7 @@ def _spec_from_dict(name: str, data: dict, source: str) -> DatasetSpec:
 def load_catalog(path: str | Path | None = None) -> dict[str, DatasetSpec]:
     """The downloadable datasets by name: the package's list, or a JSON file in the same format."""
     if path is None:
-        text = resources.files("dcase_effdl").joinpath("data/downloads.json").read_text(encoding="utf-8")
+        text = resources.files("dcase_effdl.data").joinpath("downloads.json").read_text(encoding="utf-8")
         source = "dcase_effdl/data/downloads.json"
     else:
         path = Path(path)
@@ -347,7 +347,7 @@ def _layout_check(root: Path, labels: bool, log) -> None:
 
     Evaluation sets (`labels` false) ship only evaluation_setup/fold1_test.csv, maybe no meta.csv.
     """
-    from dcase_effdl import dataset  # late import: the downloader has no other use for it
+    from dcase_effdl.data import dataset  # late import: the downloader has no other use for it
 
     folds = dataset.FOLDS if labels else ("test",)
     ds = dataset.load_dataset(root, folds=folds)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dcase_effdl.data_bundle import DataBundle
+from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
 
 TEST_FRACTION = 0.3  # of all 1,797 images, stratified by class

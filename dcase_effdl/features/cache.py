@@ -116,7 +116,7 @@ class FeatureStore:
         """Features of many files stacked: float32 (N, channels, n_mels, frames)."""
         arrays = [self.load(name) for name in filenames]
         if not arrays:
-            from dcase_effdl.features import feature_shape
+            from dcase_effdl.features.logmel import feature_shape
 
             return np.zeros((0, *feature_shape(self.cfg)), dtype=np.float32)
         shapes = {a.shape for a in arrays}
@@ -132,7 +132,7 @@ def _expected_entry_size(cfg: FeatureConfig) -> int | None:
     """Bytes of a complete .npy entry, or None when the number of frames depends on the clip."""
     if cfg.duration is None:
         return None
-    from dcase_effdl.features import feature_shape
+    from dcase_effdl.features.logmel import feature_shape
 
     buf = io.BytesIO()
     np.save(buf, np.zeros(feature_shape(cfg), dtype=storage_dtype(cfg)), allow_pickle=False)
@@ -152,7 +152,7 @@ def _read_entry(path: Path, cfg: FeatureConfig) -> np.ndarray:
     if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != 3:
         raise UserError(f"{path}: corrupt feature cache entry (not a {dtype} 3-D array); {hint}")
     if cfg.duration is not None:
-        from dcase_effdl.features import feature_shape
+        from dcase_effdl.features.logmel import feature_shape
 
         if array.shape != feature_shape(cfg):
             raise UserError(
@@ -236,8 +236,8 @@ def _compute_chunk(items: list[tuple[str, str, str]], cfg: FeatureConfig) -> lis
     Returns (filename, None) for each written entry and (filename, reason) for each bad audio file.
     Other errors (bugs, a full disk) propagate.
     """
-    from dcase_effdl.audio import AudioProblem, load_audio
-    from dcase_effdl.features import logmel
+    from dcase_effdl.features.audio import AudioProblem, load_audio
+    from dcase_effdl.features.logmel import logmel
 
     results: list[tuple[str, str | None]] = []
     for filename, audio_path, entry_path in items:
@@ -294,7 +294,7 @@ def _run_parallel(todo, cfg, on_bad_audio, bar, n_workers) -> dict[str, str | No
     use every core without the ~3 s per process of importing torch, and share one window and mel basis."""
     import torch
 
-    from dcase_effdl.features import frontend_arrays
+    from dcase_effdl.features.logmel import frontend_arrays
 
     frontend_arrays(cfg)  # once, before the threads (the first call imports librosa)
     results: dict[str, str | None] = {}
@@ -329,7 +329,7 @@ def _run_parallel(todo, cfg, on_bad_audio, bar, n_workers) -> dict[str, str | No
 
 def _survey(root: Path, names: list[str], cfg: FeatureConfig, workers: int) -> dict[str, str]:
     """{filename: reason} for files whose header cannot be read or is unlike the clear majority's."""
-    from dcase_effdl.check_data import find_odd, read_headers
+    from dcase_effdl.data.check_data import find_odd, read_headers
 
     headers = read_headers([root / n for n in names], workers=0, progress=False)
     bad = {n: h for n, h in zip(names, headers) if isinstance(h, str)}
@@ -364,7 +364,7 @@ def extract_features(
     UserError naming the first bad file (in the given order) after every finished entry is kept;
     'skip' leaves bad files out and lists them in `store.problems` as (filename, reason).
     """
-    from dcase_effdl.features import FEATURE_CODE_VERSION, definition, feature_key
+    from dcase_effdl.features.logmel import FEATURE_CODE_VERSION, definition, feature_key
 
     if on_bad_audio not in ("stop", "skip"):
         raise UserError(f"on_bad_audio must be 'stop' or 'skip', got {on_bad_audio!r}")

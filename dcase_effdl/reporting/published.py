@@ -2,8 +2,8 @@
 
     dcase-effdl leaderboard runs/quickstart [RUNDIR...] --published dcase2020_task1b --format md
 
-Published rows come from `dcase_effdl/data/<name>_results.csv` (sources in its header); own rows
-from run folders (`leaderboard.rows_from_run`). Both use the row keys of `dcase_effdl.leaderboard`
+Published rows come from `dcase_effdl/reporting/<name>_results.csv` (sources in its header); own rows
+from run folders (`leaderboard.rows_from_run`). Both use the row keys of `dcase_effdl.reporting.leaderboard`
 plus `origin` ('published' or 'own'), `set` (which data the accuracy is on), `technical_report` and
 `official_rank`. Rows are ranked by accuracy; rows over the size limit are marked.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dcase_effdl.errors import UserError
-from dcase_effdl.leaderboard import CSV_DIGITS, OVER_MARK, TABLE_DIGITS, rank_rows, rows_from_run
+from dcase_effdl.reporting.leaderboard import CSV_DIGITS, OVER_MARK, TABLE_DIGITS, rank_rows, rows_from_run
 
 PUBLISHED = {"dcase2020_task1b": "dcase2020_task1b_results.csv"}
 LIMIT_KB = {"dcase2020_task1b": 500.0}  # KB = 1024 B; the task's model size limit
@@ -57,7 +57,7 @@ def load_published(name: str = "dcase2020_task1b") -> list[dict]:
     """The published rows of `name` as stored (empty cells are None: not verified, never zero)."""
     if name not in PUBLISHED:
         raise UserError(f"unknown published leaderboard '{name}' (known: {', '.join(PUBLISHED)})")
-    resource = resources.files("dcase_effdl") / "data" / PUBLISHED[name]
+    resource = resources.files("dcase_effdl.reporting") / PUBLISHED[name]
     text = resource.read_text(encoding="utf-8")
     lines = text.splitlines()
     first = next(i for i, line in enumerate(lines) if not line.startswith("#"))

@@ -500,7 +500,7 @@ def _prepare_out(out: Path, params: dict, n_clips: int) -> bool:
     except (OSError, ValueError):
         info = None
     own_only = {p.name for p in out.iterdir()} <= set(_OWN_ENTRIES)
-    if not isinstance(info, dict) or info.get("generator") != "dcase_effdl.synthetic":
+    if not isinstance(info, dict) or info.get("generator") != "dcase_effdl.data.synthetic":
         if own_only and not (out / "meta.csv").exists() and (out / (MARKER + ".tmp")).exists():
             info = {}  # interrupted while writing the marker itself
         else:
@@ -569,7 +569,7 @@ def make_dataset(
     (out / "audio").mkdir(parents=True, exist_ok=True)
     (out / "evaluation_setup").mkdir(exist_ok=True)
     # Marker first (complete: false): a run killed half-way is recognised and regenerated.
-    marker = {"generator": "dcase_effdl.synthetic", "complete": False, "params": params}
+    marker = {"generator": "dcase_effdl.data.synthetic", "complete": False, "params": params}
     _write_text(out / MARKER, json.dumps(marker, indent=1) + "\n")
 
     # Grouped by location so each location's cached spectral shapes are built once and then freed.

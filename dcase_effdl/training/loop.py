@@ -35,14 +35,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from dcase_effdl import augment, sampling, schedules
+from dcase_effdl.training import augment, sampling, schedules
 from dcase_effdl.config import TrainConfig, to_dict
-from dcase_effdl.data_bundle import DataBundle
-from dcase_effdl.distributed import current, resolve_device
+from dcase_effdl.data.bundle import DataBundle
+from dcase_effdl.training.distributed import current, resolve_device
 from dcase_effdl.errors import UserError
 from dcase_effdl.metrics import compute_metrics
 
-CHECKPOINT_FORMAT = "dcase_effdl.train/1"
+CHECKPOINT_FORMAT = "dcase_effdl.training.loop/1"
 # Settings that change neither the numbers nor the plan: a run may resume with other values.
 NOT_HASHED = ("num_workers", "threads")
 

@@ -245,14 +245,14 @@ def _load_json(path: Path) -> dict[str, Any] | None:
 
 
 def _rows(run_dirs: list[Path], published: str | None) -> list[dict]:
-    from dcase_effdl.published import merged_rows
+    from dcase_effdl.reporting.published import merged_rows
 
     return merged_rows(run_dirs, published)
 
 
 def write_run_plots(run_dir: str | Path, published: str | None = "dcase2020_task1b") -> list[Path]:
     """Every plot of one run into `<run_dir>/plots/`: training curves, accuracy vs size, confusion matrices."""
-    from dcase_effdl.leaderboard import rows_from_run
+    from dcase_effdl.reporting.leaderboard import rows_from_run
 
     run_dir = Path(run_dir)
     out = run_dir / "plots"
@@ -278,7 +278,7 @@ def write_run_plots(run_dir: str | Path, published: str | None = "dcase2020_task
 
 def compares_with_published(run_dir: Path) -> bool:
     """Published DCASE 2020 Task 1B rows belong beside a scene run under the 2020 size rule only."""
-    from dcase_effdl.leaderboard import rows_from_run
+    from dcase_effdl.reporting.leaderboard import rows_from_run
 
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
@@ -305,7 +305,7 @@ def write_comparison_plots(run_dirs: list[str | Path], out_dir: str | Path, publ
     if histories:
         written += plot_training_curves(histories, out_dir / "training_curves", title="Training curves")
     for name, p in zip(names, run_dirs):
-        from dcase_effdl.leaderboard import rows_from_run
+        from dcase_effdl.reporting.leaderboard import rows_from_run
 
         for row in rows_from_run(p):
             metrics = _load_json(p / row["variant"] / "metrics.json") or {}

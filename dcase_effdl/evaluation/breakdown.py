@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dcase_effdl.dataset import Clip
+from dcase_effdl.data.dataset import Clip
 from dcase_effdl.metrics import compute_metrics
 
 # Task 1A development set: devices A, B, C are real, S1-S6 simulated; S4-S6 appear only in the

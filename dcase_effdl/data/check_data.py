@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dcase_effdl import dataset as dataset_mod
+from dcase_effdl.data import dataset as dataset_mod
 from dcase_effdl.errors import UserError
 
 # Files whose duration differs from the most common one by more than this are reported.
@@ -57,7 +57,7 @@ class DataReport:
 
 
 def _read_header(path: Path) -> dict | str:
-    from dcase_effdl.audio import audio_info
+    from dcase_effdl.features.audio import audio_info
 
     try:
         return audio_info(path)

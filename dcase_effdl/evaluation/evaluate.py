@@ -40,12 +40,12 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     ready for `dcase-effdl submit`, and the result holds {n_clips, output}.
     """
     from dcase_effdl.compress import load_variant
-    from dcase_effdl.dataset import check_layout, load_dataset
-    from dcase_effdl.feature_cache import extract_features
+    from dcase_effdl.data.dataset import check_layout, load_dataset
+    from dcase_effdl.features.cache import extract_features
     from dcase_effdl.metrics import compute_metrics
     from dcase_effdl.pipeline import normalize
-    from dcase_effdl.submission import write_output_csv
-    from dcase_effdl.train import predict
+    from dcase_effdl.submission.files import write_output_csv
+    from dcase_effdl.training.loop import predict
 
     run_dir, data = Path(run_dir), Path(data)
     recipe = from_dict(Recipe, read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))

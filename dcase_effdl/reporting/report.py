@@ -163,13 +163,13 @@ def _run_summary(run_dir: Path) -> str:
 
 
 def _leaderboard(run_dirs: list[Path], published: str | None) -> str:
-    from dcase_effdl.published import format_html, merged_rows
+    from dcase_effdl.reporting.published import format_html, merged_rows
 
     return format_html(merged_rows(run_dirs, published))
 
 
 def _variant_sections(run_dir: Path, plots_dir: Path, prefix: str = "") -> str:
-    from dcase_effdl.leaderboard import rows_from_run
+    from dcase_effdl.reporting.leaderboard import rows_from_run
 
     parts = []
     for row in rows_from_run(run_dir):
@@ -192,7 +192,7 @@ def _variant_sections(run_dir: Path, plots_dir: Path, prefix: str = "") -> str:
 
 def write_report(run_dir: str | Path, published: str | None = "dcase2020_task1b", out: str | Path | None = None) -> Path:
     """`<run_dir>/report.html`: run summary, leaderboard beside published rows, plots, per-variant tables."""
-    from dcase_effdl.plots import compares_with_published, write_run_plots
+    from dcase_effdl.reporting.plots import compares_with_published, write_run_plots
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -220,7 +220,7 @@ def write_report(run_dir: str | Path, published: str | None = "dcase2020_task1b"
 
 def write_comparison_report(run_dirs: list[str | Path], out: str | Path, published: str | None = "dcase2020_task1b") -> Path:
     """One page comparing runs: merged leaderboard, accuracy vs size of all variants, curves, per-run tables."""
-    from dcase_effdl.plots import write_comparison_plots
+    from dcase_effdl.reporting.plots import write_comparison_plots
 
     run_dirs = [Path(p) for p in run_dirs]
     for p in run_dirs:

@@ -8,7 +8,7 @@ Layout (tab-separated, header row, paths relative to the root)::
     ROOT/evaluation_setup/fold1_test.csv      filename
     ROOT/audio/<scene>-<city>-<location>-<segment>-<device>.<ext>
 
-Only paths and labels are read here; audio decoding lives in `dcase_effdl.audio`.
+Only paths and labels are read here; audio decoding lives in `dcase_effdl.features.audio`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Scoring a finished run on another dataset, and breakdowns of its results."""

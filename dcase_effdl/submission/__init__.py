@@ -1,0 +1,1 @@
+"""Stage 4, submission: DCASE output and meta files, the package, and its validator."""

@@ -1,0 +1,1 @@
+"""Stage 3, training: the loop and what it uses (augmentation, batch plans, schedules, several processes)."""
