@@ -254,8 +254,8 @@ def _compute_chunk(items: list[tuple[str, str, str]], cfg: FeatureConfig) -> lis
 def _init_worker() -> None:
     import torch
 
-    # One intra-op thread per worker thread: the workers already use every core, and a fixed thread
-    # count keeps results identical to the serial path bit for bit.
+    # One intra-op thread per worker thread: the workers already use every core. (The features do not
+    # depend on it: logmel computes every clip with one intra-op thread; this saves it switching per clip.)
     torch.set_num_threads(1)
 
 
@@ -272,34 +272,23 @@ def _progress_bar(total: int, enabled: bool, desc: str):
 
 
 def _run_serial(todo, cfg, on_bad_audio, bar) -> dict[str, str | None]:
-    import torch
-
     results: dict[str, str | None] = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # same arithmetic as the workers, so serial == parallel bit for bit
-    try:
-        for chunk in _chunks(todo, 1):
-            for filename, reason in _compute_chunk(chunk, cfg):
-                results[filename] = reason
-            bar.update(len(chunk))
-            if on_bad_audio == "stop" and any(r is not None for r in results.values()):
-                break
-    finally:
-        torch.set_num_threads(threads)
+    for chunk in _chunks(todo, 1):
+        for filename, reason in _compute_chunk(chunk, cfg):
+            results[filename] = reason
+        bar.update(len(chunk))
+        if on_bad_audio == "stop" and any(r is not None for r in results.values()):
+            break
     return results
 
 
 def _run_parallel(todo, cfg, on_bad_audio, bar, n_workers) -> dict[str, str | None]:
     """Threads, not processes: decoding (libsndfile), torch and file writes release the GIL, so threads
     use every core without the ~3 s per process of importing torch, and share one window and mel basis."""
-    import torch
-
     from dcase_effdl.features.logmel import frontend_arrays
 
     frontend_arrays(cfg)  # once, before the threads (the first call imports librosa)
     results: dict[str, str | None] = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     pool = ThreadPoolExecutor(n_workers, thread_name_prefix="features", initializer=_init_worker)
     try:
         pending = {pool.submit(_compute_chunk, chunk, cfg): len(chunk) for chunk in _chunks(todo, n_workers)}
@@ -323,7 +312,6 @@ def _run_parallel(todo, cfg, on_bad_audio, bar, n_workers) -> dict[str, str | No
     finally:
         # On an error (or Ctrl-C) start nothing new; running chunks finish their current entries.
         pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)
     return results
 
 
