@@ -29,10 +29,11 @@ stereo definitions make 7 GB instead of 15 GB for TAU 3Class). The rounding is <
 measured on ambient3: mean 0.0008, max 0.012 ln units against a feature spread (std) of 2.5, which
 the per-band normalisation divides by. `load` returns float32.
 
-Before computing anything, every audio header is read (threads; seconds for 14,400 files): a missing,
-empty, unreadable or truncated file, and a file whose sample rate, channel count or (with a fixed
-`duration`) length differs from what at least 90 % of the files share, is a bad file. `on_bad_audio`
-'stop' stops before any work, naming the first bad file and how many there are; 'skip' leaves them out.
+Before computing anything, every audio file is checked (`audio.check_audio`, the same check as
+`check-data`; threads; seconds for 14,400 files): a missing, empty, unreadable or truncated file, one
+with NaN or infinite samples, and one whose sample rate, channel count or (with a fixed `duration`)
+length differs from what at least 90 % of the files share, is a bad file. `on_bad_audio` 'stop'
+stops before any work, naming the first bad file and how many there are; 'skip' leaves them out.
 """
 
 from __future__ import annotations
@@ -316,10 +317,10 @@ def _run_parallel(todo, cfg, on_bad_audio, bar, n_workers) -> dict[str, str | No
 
 
 def _survey(root: Path, names: list[str], cfg: FeatureConfig, workers: int) -> dict[str, str]:
-    """{filename: reason} for files whose header cannot be read or is unlike the clear majority's."""
-    from dcase_effdl.data.check_data import find_odd, read_headers
+    """{filename: reason} for files that are bad (`check_audio`) or unlike the clear majority."""
+    from dcase_effdl.data.check_data import check_files, find_odd
 
-    headers = read_headers([root / n for n in names], workers=0, progress=False)
+    headers = check_files([root / n for n in names], workers=0, progress=False)
     bad = {n: h for n, h in zip(names, headers) if isinstance(h, str)}
     infos = {n: h for n, h in zip(names, headers) if not isinstance(h, str)}
     odd = find_odd(infos, min_share=MAJORITY_SHARE, check_duration=cfg.duration is not None)
