@@ -32,6 +32,7 @@ def test_wav_subtypes_read_as_float32(tmp_path, subtype):
     sf.write(path, x, 48000, subtype=subtype)
     audio = load_audio(path, _cfg())
     assert audio.dtype == np.float32 and audio.shape == (1, 48000)
+    # FLOAT stores the float32 samples themselves (exact); PCM rounds to 2**-15 / 2**-23 steps.
     tol = {"PCM_16": 1e-4, "PCM_24": 1e-6, "FLOAT": 0.0}[subtype]
     assert np.abs(audio[0] - x).max() <= tol
 
@@ -44,7 +45,7 @@ def test_stereo_mono_downmix_is_mean_and_stereo_keeps_channels(tmp_path):
     stereo = load_audio(path, _cfg(channels="stereo"))
     assert mono.shape == (1, 48000) and stereo.shape == (2, 48000)
     np.testing.assert_allclose(mono[0], x.mean(axis=1), atol=1e-7)
-    np.testing.assert_array_equal(stereo, x.T)
+    np.testing.assert_array_equal(stereo, x.T)  # FLOAT samples read back unchanged: no arithmetic
 
 
 def test_mono_file_duplicated_for_stereo(tmp_path):
@@ -52,7 +53,7 @@ def test_mono_file_duplicated_for_stereo(tmp_path):
     sf.write(path, _tone(48000, 1.0), 48000, subtype="PCM_16")
     stereo = load_audio(path, _cfg(channels="stereo"))
     assert stereo.shape == (2, 48000)
-    np.testing.assert_array_equal(stereo[0], stereo[1])
+    np.testing.assert_array_equal(stereo[0], stereo[1])  # a copy of the one channel
 
 
 @pytest.mark.parametrize("method", ["soxr_hq", "soxr_vhq", "scipy"])
@@ -81,7 +82,7 @@ def test_pad_and_cut_to_duration(tmp_path):
     assert b.shape == (1, 48000)
     c = load_audio(long, _cfg(duration=None))
     assert c.shape == (1, 144000)
-    np.testing.assert_array_equal(b, c[:, :48000])
+    np.testing.assert_array_equal(b, c[:, :48000])  # same decoded samples, only cut: no arithmetic
 
 
 # ---------------------------------------------------------------- errors

@@ -39,7 +39,11 @@ def _clips(root: Path, n: int, **kw) -> list[str]:
 
 
 def _expected(root: Path, name: str, store) -> np.ndarray:
-    """The features computed directly, rounded to the dtype the cache stores."""
+    """The features computed directly, rounded to the dtype the cache stores.
+
+    Equal to the cached entry bit for bit by construction: the cache calls the same load_audio and
+    logmel, and logmel computes each clip alone, in fixed shapes, with one intra-op thread.
+    """
     stored = np.load(store.entry_path(name), allow_pickle=False).dtype
     return logmel(load_audio(root / name, CFG), CFG).astype(stored).astype(np.float32)
 
@@ -71,7 +75,7 @@ def test_extract_then_reuse(tmp_path):
     again = extract_features(root, names[::-1], CFG, cache, workers=1, progress=False)  # other order
     assert (again.n_computed, again.n_reused) == (0, 4)
     assert _mtimes(again) == before  # nothing rewritten
-    np.testing.assert_array_equal(again.load_many(names), store.load_many(names))
+    np.testing.assert_array_equal(again.load_many(names), store.load_many(names))  # the same files, reused
 
 
 def test_leftover_temp_file_is_ignored_and_entry_recomputed(tmp_path):
@@ -92,7 +96,7 @@ def test_leftover_temp_file_is_ignored_and_entry_recomputed(tmp_path):
 
     again = extract_features(root, names, CFG, cache, workers=1, progress=False)
     assert (again.n_computed, again.n_reused) == (1, 2)
-    np.testing.assert_array_equal(again.load(names[1]), reference)
+    np.testing.assert_array_equal(again.load(names[1]), reference)  # recomputed: bit-equal as in _expected
     assert fresh_tmp.exists()  # may belong to a live run: left alone
     assert not old_tmp.exists()  # a crashed run's leftover: removed
 
@@ -130,7 +134,7 @@ def test_damaged_entry_recomputed_by_extraction_and_reported_by_load(tmp_path):
 
     again = extract_features(root, names, CFG, cache, workers=1, progress=False)
     assert (again.n_computed, again.n_reused) == (1, 1)  # wrong size: recomputed, not trusted
-    np.testing.assert_array_equal(again.load(names[0]), reference)
+    np.testing.assert_array_equal(again.load(names[0]), reference)  # recomputed: bit-equal as in _expected
 
 
 def test_changed_definition_uses_another_folder(tmp_path):
@@ -220,6 +224,7 @@ def test_parallel_equals_serial_bit_for_bit(tmp_path):
     assert parallel.n_computed == len(names) and parallel.filenames == serial.filenames
     a, b = serial.load_many(names), parallel.load_many(names)
     assert a.shape == (len(names), *SHAPE)
+    # Bit-equal by construction: a worker thread runs the same per-clip, one-thread logmel as the serial path.
     np.testing.assert_array_equal(a, b)
     for name in names:  # same entry names, same bytes
         assert serial.entry_path(name).name == parallel.entry_path(name).name
@@ -267,7 +272,7 @@ def test_two_datasets_with_the_same_names_keep_their_own_entries(tmp_path):
 
     again = extract_features(tmp_path / "a", names, CFG, cache, workers=1, progress=False)
     assert (again.n_computed, again.n_reused) == (0, 5)
-    np.testing.assert_array_equal(again.load_many(names), features_a)
+    np.testing.assert_array_equal(again.load_many(names), features_a)  # the same entries, reused
 
 
 def test_a_file_turned_bad_keeps_the_entry_of_its_good_version(tmp_path):

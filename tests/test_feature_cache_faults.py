@@ -152,6 +152,9 @@ def test_mono_downmix_equals_numpy_mean_bit_for_bit(tmp_path, channels):
     data = (0.3 * np.random.default_rng(channels).standard_normal((48000, channels))).astype(np.float32)
     sf.write(tmp_path / "x.wav", data, 48000, subtype="FLOAT")
     out = load_audio(tmp_path / "x.wav", FeatureConfig(name="t", duration=1.0))
+    # Exact by construction: float32 additions are correctly rounded on every CPU (scalar or SIMD), and
+    # both add the channels first to last before one division (numpy sums fewer than 8 terms one after
+    # another; from 8 channels on it switches to pairwise blocks, and the two then differ).
     np.testing.assert_array_equal(out, data.T.mean(axis=0, keepdims=True, dtype=np.float32))
 
 
@@ -240,4 +243,5 @@ def test_float32_entry_from_an_older_cache_is_recomputed(tmp_path):
     np.save(entry, store.load(names[0]) + 1.0, allow_pickle=False)  # float32, as older code wrote
     again = extract_features(root, names, CFG, tmp_path / "cache", workers=1, progress=False)
     assert again.n_reused == 1 and again.n_computed == 1
+    # Recomputed by the same per-clip, one-thread logmel: bit-equal by construction.
     np.testing.assert_array_equal(again.load(names[0]), store.load(names[0]))
