@@ -4,7 +4,7 @@ A row is a plain dict with the columns of the DCASE 2020 Task 1B results table p
 from. Keys (and the headers used in files and tables, see COLUMNS):
 
     rank                   Rank                   1 = highest accuracy (set by `rank_rows`)
-    label                  Submission label       from `<variant>/<label>.meta.yaml`, else None
+    label                  Submission label       `VariantDir.label` (from `<label>.output.csv`), else None
     accuracy               Accuracy (%)           macro average of class-wise accuracy, percent
     log_loss               Logloss                over all clips
     n_params               Parameters             counted values (weights and biases)
@@ -19,13 +19,13 @@ from. Keys (and the headers used in files and tables, see COLUMNS):
 from __future__ import annotations
 
 import csv
-import json
+import io
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dcase_effdl.errors import UserError
+from dcase_effdl.files import atomic_write
+from dcase_effdl.rundir import RunDir, VariantDir
 
 COLUMNS: list[tuple[str, str]] = [
     ("rank", "Rank"),
@@ -53,40 +53,18 @@ _TABLE_KEYS = ["rank", "label", "accuracy", "log_loss", "n_params", "n_nonzero",
 OVER_MARK = "*"
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from a run folder file; a missing or damaged file is a one-line UserError."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (has this variant finished?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
-
-
 def _need(data: dict, key: str, path: Path) -> Any:
     if key not in data:
         raise UserError(f"{path}: missing key '{key}'")
     return data[key]
 
 
-def _label(variant_dir: Path) -> str | None:
-    """The submission label, from the name of the meta YAML (or output CSV) the variant wrote."""
-    for suffix in (".meta.yaml", ".output.csv"):
-        found = sorted(variant_dir.glob(f"*{suffix}"))
-        if len(found) == 1:
-            return found[0].name[: -len(suffix)]
-    return None
-
-
 def row_from_variant(run_dir: str | Path, variant_name: str) -> dict:
     """The leaderboard row of `<run_dir>/<variant_name>` from its metrics.json and size.json."""
     run_dir = Path(run_dir)
-    variant_dir = run_dir / variant_name
-    metrics_path, size_path = variant_dir / "metrics.json", variant_dir / "size.json"
-    metrics, size = read_json(metrics_path), read_json(size_path)
+    variant = VariantDir(run_dir / variant_name)
+    metrics, size = variant.metrics(), variant.size()
+    metrics_path, size_path = variant.metrics_path, variant.path / "size.json"
     n_params = int(_need(size, "n_params", size_path))
     n_nonzero = int(_need(size, "n_nonzero", size_path))
     size_kb = float(_need(size, "size_kb", size_path))
@@ -95,7 +73,7 @@ def row_from_variant(run_dir: str | Path, variant_name: str) -> dict:
     accuracy, log_loss = _need(metrics, "accuracy", metrics_path), _need(metrics, "log_loss", metrics_path)
     return {
         "rank": None,
-        "label": _label(variant_dir),
+        "label": variant.label,
         "accuracy": None if accuracy is None else float(accuracy),
         "log_loss": None if log_loss is None else float(log_loss),
         "n_params": n_params,
@@ -112,25 +90,9 @@ def row_from_variant(run_dir: str | Path, variant_name: str) -> dict:
     }
 
 
-def _variant_names(run_dir: Path) -> list[str]:
-    """Variants in recipe order (from config.yaml) when it is readable, else folders in name order."""
-    config = run_dir / "config.yaml"
-    try:
-        variants = yaml.safe_load(config.read_text(encoding="utf-8"))["variants"]
-        return [str(v["name"]) for v in variants]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return sorted(p.name for p in run_dir.iterdir() if p.is_dir())
-
-
 def rows_from_run(run_dir: str | Path) -> list[dict]:
     """Rows of every finished variant (a folder with metrics.json) of a run, ranked by accuracy."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: run folder not found")
-    names = [n for n in _variant_names(run_dir) if (run_dir / n / "metrics.json").is_file()]
-    if not names:
-        raise UserError(f"{run_dir}: no finished variant (no <variant>/metrics.json)")
-    return rank_rows([row_from_variant(run_dir, n) for n in names])
+    return rank_rows([row_from_variant(run_dir, v.name) for v in RunDir(run_dir).variants()])
 
 
 def rank_rows(rows: list[dict]) -> list[dict]:
@@ -147,12 +109,12 @@ def write_leaderboard_csv(path: str | Path, rows: list[dict]) -> Path:
     path = Path(path)
     if not rows:
         raise UserError(f"{path}: refusing to write a leaderboard without rows")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow([header for _, header in COLUMNS])
-        for row in rank_rows(rows):
-            writer.writerow([_csv_cell(key, row.get(key)) for key, _ in COLUMNS])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([header for _, header in COLUMNS])
+    for row in rank_rows(rows):
+        writer.writerow([_csv_cell(key, row.get(key)) for key, _ in COLUMNS])
+    atomic_write(path, buf.getvalue())
     return path
 
 
