@@ -14,6 +14,7 @@ from pathlib import Path
 from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_open
 from dcase_effdl.rundir import RunDir
+from dcase_effdl.task import KB, SIZE_LIMIT_KB
 
 DPI = 150
 OWN_COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -86,7 +87,7 @@ def _place_labels(ax, items: list[tuple[float, float, str, dict]]) -> None:
 # ---------------------------------------------------------------- accuracy vs size
 
 
-def plot_accuracy_vs_size(rows: list[dict], base: Path, *, title: str | None = None, limit_kb: float = 500.0) -> list[Path]:
+def plot_accuracy_vs_size(rows: list[dict], base: Path, *, title: str | None = None, limit_kb: float = SIZE_LIMIT_KB) -> list[Path]:
     """Accuracy (%) over model size (KB, log axis) with the size limit drawn; published vs own markers.
 
     rows: leaderboard rows (`accuracy`, `size_kb`, `label`, `origin` 'published'|'own', optional
@@ -254,7 +255,7 @@ def write_run_plots(run_dir: str | Path, published: str | None = "dcase2020_task
         written += plot_training_curves({name: history}, out / "training_curves", title=f"Training curves: {name}")
     written += _confusion_plots(run, out, name, "")
     rows = rows_from_run(run.path)
-    limit = next((r["limit_bytes"] / 1024 for r in rows if r.get("limit_bytes")), 500.0)
+    limit = next((r["limit_bytes"] / KB for r in rows if r.get("limit_bytes")), SIZE_LIMIT_KB)
     use_published = published if compares_with_published(run.path) else None
     all_rows = _rows([run.path], use_published)
     if any(r.get("accuracy") is not None and r.get("size_kb") for r in all_rows):

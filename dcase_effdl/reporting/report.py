@@ -20,6 +20,7 @@ from dcase_effdl import __version__
 from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_write
 from dcase_effdl.rundir import RunDir
+from dcase_effdl.task import KB
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 24px auto;
@@ -102,7 +103,7 @@ def size_table(size: dict) -> str:
     if limit:
         over = size.get("size_bytes", 0) > limit
         verdict = (f" — {'OVER' if over else 'within'} the limit of {limit:,} bytes "
-                   f"({limit / 1024:,.2f} KB, policy {_esc(size.get('policy'))})")
+                   f"({limit / KB:,.2f} KB, policy {_esc(size.get('policy'))})")
     total = (f"<p class=\"note\">Total: {size.get('n_params', 0):,} parameters, {size.get('n_nonzero', 0):,} non-zero, "
              f"{size.get('size_bytes', 0):,} bytes = {size.get('size_kb', 0):,.2f} KB (KB = 1024 B){verdict}.</p>")
     return table + total
@@ -145,9 +146,9 @@ def _run_summary(run: RunDir) -> str:
 
 
 def _leaderboard(run_dirs: list[Path], published: str | None) -> str:
-    from dcase_effdl.reporting.published import format_html, merged_rows
+    from dcase_effdl.reporting.published import format_leaderboard, merged_rows
 
-    return format_html(merged_rows(run_dirs, published))
+    return format_leaderboard(merged_rows(run_dirs, published), "html")
 
 
 def _variant_sections(run_dir: Path, plots_dir: Path, prefix: str = "") -> str:

@@ -22,9 +22,9 @@ import yaml
 
 from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_write
+from dcase_effdl.task import ABBREVIATION_MAX
 
 OUTPUT_DIGITS = 10  # significant digits of the probabilities in output.csv
-ABBREVIATION_MAX = 10  # characters, a 2020 rule
 
 # system.description of the 2020 template, with the official baseline's values as defaults.
 DESCRIPTION_DEFAULTS: dict[str, Any] = {

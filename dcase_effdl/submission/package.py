@@ -25,10 +25,9 @@ from dcase_effdl.config import from_dict, read_yaml
 from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_open
 from dcase_effdl.rundir import RunDir, VariantDir
-from dcase_effdl.submission.files import ABBREVIATION_MAX, DESCRIPTION_DEFAULTS, write_meta_yaml
-from dcase_effdl.submission.validate import (
-    MAX_SYSTEMS, Report, check_label, dataset_test_files, evaluation_set_files, validate_package,
-)
+from dcase_effdl.submission.files import DESCRIPTION_DEFAULTS, write_meta_yaml
+from dcase_effdl.submission.validate import Report, check_label, dataset_test_files, evaluation_set_files, validate_package
+from dcase_effdl.task import ABBREVIATION_MAX, MAX_SYSTEMS
 
 # ---------------------------------------------------------------- the user's submission info
 
