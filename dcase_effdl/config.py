@@ -111,8 +111,8 @@ def _convert(value: Any, tp: Any, source: str, keypath: str) -> Any:
     raise UserError(f"{source}: {keypath}: expected {_type_name(tp)}, got {value!r}")
 
 
-def from_dict(cls: type, data: dict, source: str, keypath: str = "") -> Any:
-    """Build dataclass `cls` from `data`, refusing unknown keys and wrong types."""
+def from_dict(cls: type, data: dict, source: str, keypath: str = "", key_word: str = "key") -> Any:
+    """Build dataclass `cls` from `data`, refusing unknown keys and wrong types (`key_word` names a key in messages)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -120,7 +120,7 @@ def from_dict(cls: type, data: dict, source: str, keypath: str = "") -> Any:
         path = f"{keypath}.{key}" if keypath else str(key)
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise UserError(f"{source}: unknown key '{path}' (known keys here: {known})")
+            raise UserError(f"{source}: unknown {key_word} '{path}' (known {key_word}s here: {known})")
         kwargs[key] = _convert(value, hints[key], source, path)
     missing = [
         name
@@ -135,7 +135,7 @@ def from_dict(cls: type, data: dict, source: str, keypath: str = "") -> Any:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:  # raised by a dataclass's __post_init__ checks
-        raise UserError(f"{source}: {keypath or cls.__name__}: {exc}") from None
+        raise UserError(f"{source}: {keypath}: {exc}" if keypath else f"{source}: {exc}") from None
 
 
 def to_dict(obj: Any) -> Any:

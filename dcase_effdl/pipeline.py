@@ -14,7 +14,7 @@ The stages run in order, each leaving an artifact in the run folder that the nex
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,9 @@ from safetensors.torch import load_file, save_file
 from dcase_effdl.config import FeatureConfig, Recipe, load_recipe
 from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
+from dcase_effdl.models import ModelSpec
 from dcase_effdl.rundir import RunDir, VariantDir, config_hash
+from dcase_effdl.task import CLASSES
 
 
 def log(message: str) -> None:
@@ -126,31 +128,62 @@ def prepare_data(recipe: Recipe, feat: FeatureConfig, data: str | None) -> DataB
 # ---------------------------------------------------------------- the model
 
 
-def model_spec(recipe: Recipe, bundle: DataBundle) -> dict:
-    c, f, t = bundle.input_shape
-    return {
-        "name": recipe.model.name,
-        "params": dict(recipe.model.params),
-        "n_classes": bundle.n_classes,
-        "in_channels": c,
-        "n_mels": f,
-        "n_frames": t,
-    }
+@dataclass(frozen=True)
+class VariantPlan:
+    name: str
+    label: str
+    steps: list  # the variant's compression steps as typed configs (compress.StepConfig)
 
 
-def build(spec: dict) -> torch.nn.Module:
-    from dcase_effdl.models import build_model
+@dataclass(frozen=True)
+class Plan:
+    """A recipe resolved into typed configs and checked, before any data or run folder is touched."""
 
-    return build_model(
-        spec["name"], spec["params"], n_classes=spec["n_classes"], in_channels=spec["in_channels"],
-        n_mels=spec["n_mels"], n_frames=spec["n_frames"],
-    )
+    spec: ModelSpec
+    variants: list[VariantPlan]
+
+
+def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
+    """Type the model knobs and every variant's steps; build the model on a dummy input shaped like the
+    features and dry-run each step sequence on it, so that a bad value fails in seconds, not after extraction."""
+    from dcase_effdl.compress import parse_steps
+    from dcase_effdl.compress.apply import dry_run
+    from dcase_effdl.models import model_params
+
+    if recipe.dataset.kind == "digits":
+        from dcase_effdl.data.digits import INPUT_SHAPE, N_CLASSES
+
+        n_classes, shape = N_CLASSES, INPUT_SHAPE
+    else:
+        from dcase_effdl.features.logmel import feature_shape
+
+        n_classes, shape = len(CLASSES), feature_shape(feat)
+    params = model_params(recipe.model.name, recipe.model.params, source, "model.params")
+    spec = ModelSpec(recipe.model.name, params, n_classes, *shape)
+    try:
+        model = spec.build().eval()
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *shape))
+    except RuntimeError as exc:
+        raise UserError(f"{source}: model '{spec.family}' cannot take inputs of shape {shape} "
+                        f"({str(exc).strip().splitlines()[0]})") from None
+    if tuple(out.shape) != (2, n_classes):
+        raise UserError(f"{source}: model '{spec.family}' gives outputs {tuple(out.shape[1:])}, not {n_classes} logits")
+    variants = []
+    for i, vc in enumerate(recipe.variants):
+        steps = parse_steps(vc.compress, f"{source}: variants[{i}].compress")
+        dry_run(model, steps, spec)
+        variants.append(VariantPlan(vc.name, recipe.variant_label(i), steps))
+    return Plan(spec, variants)
 
 
 # ---------------------------------------------------------------- stage 3: training
 
 
-def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, resume: bool = False,
+def train_parent(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: Path, resume: bool = False,
                  run_hash: str | None = None) -> torch.nn.Module:
     """Train the float32 parent, or load it when this run folder already finished training.
 
@@ -163,7 +196,7 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, 
     train_dir = run_dir / "train"
     best = train_dir / "best.safetensors"
     seed_everything(recipe.seed)
-    model = build(spec)
+    model = spec.build()
     if best.is_file():
         log(f"[train] reusing {best}")
         try:
@@ -174,7 +207,7 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, 
     bn = (torch.nn.modules.batchnorm._BatchNorm,)
     n_bn = sum(p.numel() for m in model.modules() if isinstance(m, bn) for p in m.parameters(recurse=False))
     n_params = sum(p.numel() for p in model.parameters()) - n_bn
-    log(f"[train] {spec['name']}: {n_params:,} parameters (+ {n_bn:,} batch norm), {recipe.train.epochs} epochs, "
+    log(f"[train] {spec.family}: {n_params:,} parameters (+ {n_bn:,} batch norm), {recipe.train.epochs} epochs, "
         f"{len(bundle.x_train)} train / {len(bundle.x_val)} validation clips")
     history = fit(model, bundle, recipe.train, seed=recipe.seed, out_dir=train_dir, resume=resume, run_hash=run_hash)
     row = history.epochs[history.best_epoch - 1] if history.epochs else {}
@@ -198,7 +231,7 @@ class VariantResult:
     size: dict
 
 
-def make_context(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, variant_name: str):
+def make_context(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: Path, variant_name: str):
     from dcase_effdl.compress import CompressContext
     from dcase_effdl.training.loop import fit
 
@@ -227,21 +260,20 @@ def write_variant_outputs(variant_dir: Path, label: str, variant, bundle: DataBu
     return VariantResult(variant_dir.name, label, metrics, size)
 
 
-def make_variants(recipe: Recipe, parent: torch.nn.Module, bundle: DataBundle, spec: dict, run_dir: Path) -> list[VariantResult]:
-    from dcase_effdl.compress import apply_steps, parse_steps
+def make_variants(recipe: Recipe, plan: Plan, parent: torch.nn.Module, bundle: DataBundle, spec: ModelSpec,
+                  run_dir: Path) -> list[VariantResult]:
+    from dcase_effdl.compress import apply_steps
 
     results = []
-    for i, vc in enumerate(recipe.variants):
-        label = recipe.variant_label(i)
-        steps = parse_steps(vc.compress, f"variants[{i}].compress")
-        variant_dir = run_dir / vc.name
+    for vp in plan.variants:
+        variant_dir = run_dir / vp.name
         variant_dir.mkdir(exist_ok=True)
-        log(f"[{vc.name}] compress: {' -> '.join(s.get('method', '?') for s in vc.compress) or 'none'}")
-        variant = apply_steps(parent, steps, make_context(recipe, bundle, spec, run_dir, vc.name))
+        log(f"[{vp.name}] compress: {' -> '.join(s.method for s in vp.steps) or 'none'}")
+        variant = apply_steps(parent, vp.steps, make_context(recipe, bundle, spec, run_dir, vp.name))
         variant.save(variant_dir / "model.safetensors")
-        results.append(write_variant_outputs(variant_dir, label, variant, bundle, recipe))
+        results.append(write_variant_outputs(variant_dir, vp.label, variant, bundle, recipe))
         m, s = results[-1].metrics, results[-1].size
-        log(f"[{vc.name}] macro accuracy {m['accuracy']:.1f} %, log loss {m['log_loss']:.3f}, "
+        log(f"[{vp.name}] macro accuracy {m['accuracy']:.1f} %, log loss {m['log_loss']:.3f}, "
             f"{s['size_kb']:.2f} KB")
     return results
 
@@ -277,11 +309,9 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
     runs the later stages.
     """
     from dcase_effdl.training import distributed
-    from dcase_effdl.compress import parse_steps
 
     recipe, feat = load_recipe(recipe_path, overrides)
-    for i, vc in enumerate(recipe.variants):  # fail on a bad step before any work
-        parse_steps(vc.compress, f"{recipe_path}: variants[{i}].compress")
+    plan = resolve(recipe, feat, str(recipe_path))  # every check that needs no data, before any work
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     run_dir = Path(out) if out else Path(recipe.out_dir) / recipe.name
@@ -296,12 +326,14 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
     ctx.barrier()
     if not ctx.is_main:
         bundle = prepare_data(recipe, feat, data)
-    spec = model_spec(recipe, bundle)
+    # The data's class count and shape rule (a TAU-layout dataset may have other classes than the task's).
+    spec = replace(plan.spec, n_classes=bundle.n_classes, in_channels=bundle.input_shape[0],
+                   n_mels=bundle.input_shape[1], n_frames=bundle.input_shape[2])
     parent = train_parent(recipe, bundle, spec, run_dir, resume=resume, run_hash=digest)
     distributed.teardown()
     if not ctx.is_main:
         return run_dir
-    make_variants(recipe, parent, bundle, spec, run_dir)
+    make_variants(recipe, plan, parent, bundle, spec, run_dir)
     table = write_rows(run_dir)
     write_pictures(run_dir)
     log("")

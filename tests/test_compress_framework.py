@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import struct
 
 import pytest
@@ -18,16 +19,16 @@ from dcase_effdl.compress import (
     parse_steps,
 )
 from dcase_effdl.errors import UserError
-from dcase_effdl.models import build_model
+from dcase_effdl.models import ModelSpec, model_params
 from dcase_effdl.compress.size import size_report
 
-SPEC = {"name": "dcase2020_baseline", "params": {"conv_filters": [8, 16], "dense_units": 20},
-        "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500}
+SPEC = ModelSpec.from_dict({"name": "dcase2020_baseline", "params": {"conv_filters": [8, 16], "dense_units": 20},
+                            "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500})
 
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    model = build_model(SPEC["name"], SPEC["params"])
+    model = SPEC.build()
     with torch.no_grad():  # trained-like: non-zero biases and batch-norm statistics
         for name, p in model.named_parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -204,8 +205,8 @@ def test_binary_tensors_pack_one_bit_each(tmp_path):
 def test_file_overhead_is_small_for_many_small_tensors(tmp_path):
     """Hundreds of tiny tensors: the index is compressed and tensors share blobs, so the file stays
     within a few KB of the stored bytes."""
-    spec = {**SPEC, "params": {"conv_filters": [4] * 8, "pool_sizes": [[1, 1]] * 8, "dense_units": 4}}
-    model = build_model(spec["name"], spec["params"])
+    spec = replace(SPEC, params=model_params(SPEC.family, {"conv_filters": [4] * 8, "pool_sizes": [[1, 1]] * 8, "dense_units": 4}))
+    model = spec.build()
     variant = apply_steps(model, parse_steps([{"method": "float16"}], "r"), CompressContext(model_spec=spec))
     path = variant.save(tmp_path / "m.safetensors")
     stored = sum(r["dense_size_bytes"] for r in size_report(variant)["rows"])

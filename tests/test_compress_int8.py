@@ -14,7 +14,7 @@ from dcase_effdl.config import TrainConfig
 from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
 from dcase_effdl.compress.macs import count_macs
-from dcase_effdl.models import build_model
+from dcase_effdl.models import ModelSpec, build_model
 from dcase_effdl.compress.size import size_report
 
 SPEC = {"name": "dcase2020_baseline", "params": {"conv_filters": [8, 16], "dense_units": 20},
@@ -49,7 +49,7 @@ def trained():
 
 
 def _spec():
-    return {**SPEC, "params": {**SPEC["params"], **POOLS}}
+    return ModelSpec.from_dict({**SPEC, "params": {**SPEC["params"], **POOLS}})
 
 
 def _bundle() -> DataBundle:

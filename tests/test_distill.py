@@ -14,10 +14,10 @@ from dcase_effdl.compress.distill import kd_loss, logits_of, soft_targets, teach
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
 from dcase_effdl.data.digits import load_digits_bundle
-from dcase_effdl.models import build_model
+from dcase_effdl.models import ModelSpec, build_model
 from dcase_effdl.training.loop import fit
 
-DIGITS = {"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8}
+DIGITS = ModelSpec.from_dict({"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8})
 SMALL = {"channels": [8, 16, 16], "hidden": 32}
 
 

@@ -19,16 +19,15 @@ from dcase_effdl.compress.prune import (
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
-from dcase_effdl.models import build_model
+from dcase_effdl.models import ModelSpec
 from dcase_effdl.training.loop import fit
 
-DIGITS_SPEC = {"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8}
+DIGITS_SPEC = ModelSpec.from_dict({"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8})
 
 
 def _model(spec=DIGITS_SPEC, seed=0):
     torch.manual_seed(seed)
-    return build_model(spec["name"], spec["params"], n_classes=spec["n_classes"], in_channels=spec["in_channels"],
-                       n_mels=spec["n_mels"], n_frames=spec["n_frames"])
+    return spec.build()
 
 
 def _toy_bundle(n=240, seed=0) -> DataBundle:
@@ -152,7 +151,7 @@ def test_masks_reapplied_after_each_step():
 
 
 def test_channel_groups_of_the_baseline():
-    spec = {"name": "dcase2020_baseline", "params": {}, "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500}
+    spec = ModelSpec.from_dict({"name": "dcase2020_baseline", "params": {}, "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500})
     groups = channel_groups(_model(spec))
     assert [(g.conv, g.batch_norm, g.consumer, g.consumer_kind) for g in groups] == [
         ("features.0.0", "features.0.1", "features.1.0", "conv"),
@@ -161,7 +160,7 @@ def test_channel_groups_of_the_baseline():
 
 
 def test_channel_pruning_shrinks_the_network_and_keeps_its_function(tmp_path):
-    spec = {"name": "dcase2020_baseline", "params": {}, "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500}
+    spec = ModelSpec.from_dict({"name": "dcase2020_baseline", "params": {}, "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500})
     model = _model(spec).eval()
     x = torch.randn(4, 1, 40, 500)
     n_before = sum(p.numel() for p in model.parameters())

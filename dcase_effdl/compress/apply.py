@@ -14,6 +14,7 @@ import torch.nn as nn
 from dcase_effdl.compress.registry import StepConfig, get_method
 from dcase_effdl.compress.variant import Variant
 from dcase_effdl.errors import UserError
+from dcase_effdl.models import ModelSpec
 
 
 @dataclass
@@ -22,7 +23,7 @@ class CompressContext:
 
     `fine_tune(model, epochs, lr=None, loss_fn=None, hooks=()) -> model` trains in place on
     `bundle.x_train` (the pipeline passes a closure over `train.fit`). `model_spec` rebuilds the
-    float architecture (name, params, n_classes, in_channels, n_mels, n_frames).
+    float architecture.
     """
 
     bundle: Any = None
@@ -30,7 +31,7 @@ class CompressContext:
     seed: int = 0
     log: Callable[[str], None] = field(default=lambda message: None)
     work_dir: Path | None = None
-    model_spec: dict | None = None
+    model_spec: ModelSpec | None = None
     parent_dir: Path | None = None
     size_policy: str = "dcase2020"  # policy of the per-step size log and Variant.history
 
@@ -78,3 +79,18 @@ def apply_steps(model: nn.Module, steps: list[StepConfig], ctx: CompressContext)
         )
         before = after
     return Variant(module, list(steps), ctx.model_spec, metas, history)
+
+
+def dry_run(model: nn.Module, steps: list[StepConfig], spec: ModelSpec, size_policy: str = "dcase2020") -> None:
+    """Apply `steps` to a copy of `model` on four random inputs of the data's shape, training nothing.
+
+    What the steps can check without data fails here, before any data is touched: their order
+    (int8 after binary), the layers they pick, pruning targets, teachers, and the size policy.
+    """
+    from dcase_effdl.data.bundle import DataBundle
+
+    x = torch.randn(4, *spec.input_shape)
+    y = torch.arange(4) % spec.n_classes
+    bundle = DataBundle([str(c) for c in range(spec.n_classes)], x, y, x, y, x, y, ["dry-run"] * 4)
+    apply_steps(model, steps, CompressContext(bundle=bundle, fine_tune=lambda m, *args, **kwargs: m, model_spec=spec,
+                                              size_policy=size_policy))

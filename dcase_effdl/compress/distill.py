@@ -149,28 +149,28 @@ def _cached(ctx, key: str, compute) -> tuple[torch.Tensor, bool]:
 def teacher_logits(cfg: DistillConfig, ctx) -> list[torch.Tensor]:
     """Logits (N_train, n_classes) of each teacher on ctx.bundle.x_train, cached by content."""
     from dcase_effdl.compress.variant import load_variant
-    from dcase_effdl.models import build_model
+    from dcase_effdl.models import ModelSpec, model_params
 
     bundle = ctx.need_data(cfg.where, "distillation")
     x = bundle.x_train
     data_key = data_digest(x)
     out = []
     if isinstance(cfg.teacher, dict):
-        spec = ctx.model_spec or {}
-        if not spec:
+        spec = ctx.model_spec
+        if spec is None:
             raise UserError(f"{cfg.where}: an inline teacher needs the model spec (input shape, classes)")
         t = cfg.teacher
         # The train settings behind `fine_tune` are not in the key: the pipeline's work_dir lies in a run
         # folder, whose config hash (train section included) refuses a run with other settings.
-        ident = {"inline": t, "seed": ctx.seed, "shape": [spec.get(k) for k in ("n_classes", "in_channels", "n_mels", "n_frames")],
+        ident = {"inline": t, "seed": ctx.seed, "shape": [spec.n_classes, *spec.input_shape],
                  "val": data_digest(bundle.x_val, bundle.y_val, bundle.y_train)}
         key = hashlib.sha256((json.dumps(ident, sort_keys=True, default=str) + data_key).encode()).hexdigest()[:24]
 
         def compute():
             fine_tune = ctx.need_fine_tune(cfg.where, "an inline teacher")
             torch.manual_seed(ctx.seed)
-            teacher = build_model(t["model"], t.get("params") or {}, n_classes=spec["n_classes"], in_channels=spec["in_channels"],
-                                  n_mels=spec["n_mels"], n_frames=spec["n_frames"])
+            params = model_params(t["model"], t.get("params"), cfg.where, "teacher.params")
+            teacher = ModelSpec(t["model"], params, spec.n_classes, *spec.input_shape).build()
             ctx.log(f"distill: training teacher '{t['model']}' ({sum(p.numel() for p in teacher.parameters()):,} parameters) for {t['epochs']} epochs")
             fine_tune(teacher, t["epochs"], lr=t.get("lr"))
             return logits_of(teacher, x)

@@ -93,8 +93,8 @@ def _input_shape(obj, input_shape) -> tuple | None:
     if input_shape is not None:
         return tuple(input_shape)
     spec = getattr(obj, "model_spec", None)
-    if spec:
-        return (spec["in_channels"], spec["n_mels"], spec["n_frames"])
+    if spec is not None:
+        return spec.input_shape
     return None
 
 
