@@ -321,7 +321,7 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
     digest = config_hash(recipe, feat, data_root)
     if ctx.is_main:  # the other ranks wait, then read the features rank 0 cached
         bundle = prepare_data(recipe, feat, data)
-        RunDir(run_dir).prepare(recipe, feat, digest)
+        RunDir(run_dir).prepare(recipe, feat, digest, data_root)
         RunDir(run_dir).write_normalization(bundle.normalization)
     ctx.barrier()
     if not ctx.is_main:

@@ -1,6 +1,6 @@
 """The run folder: the one module that reads and writes the files a run leaves behind.
 
-    config.yaml          the resolved recipe
+    config.yaml          the resolved recipe; dataset.root is the dataset actually used (absolute)
     features.yaml        the feature definition
     config_hash.txt      hash of everything the trained model depends on: the folder's identity
     environment.json     versions and git commit
@@ -160,10 +160,12 @@ class RunDir:
 
     # ------------------------------------------------------------ writers
 
-    def prepare(self, recipe: Recipe, feat: FeatureConfig, digest: str) -> None:
+    def prepare(self, recipe: Recipe, feat: FeatureConfig, digest: str, data_root: str | Path) -> None:
         """Stamp the folder with `digest` and write config, features and environment.
 
         Refuses a folder of another configuration, or a non-empty folder that is not a run folder.
+        config.yaml records `data_root`, the dataset actually used (`run --data`), as an absolute path,
+        so that later stages (submit, evaluate) find it from any working directory.
         """
         marker = self.path / "config_hash.txt"
         if marker.is_file() and marker.read_text().strip() != digest:
@@ -171,7 +173,10 @@ class RunDir:
                             "with --out or delete it")
         if not marker.is_file() and self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir()):
             raise UserError(f"{self.path}: exists and is not a dcase-effdl run folder; choose another --out")
-        atomic_write(self.config_path, yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        config = to_dict(recipe)
+        if recipe.dataset.kind == "tau":  # the other kinds read no folder
+            config["dataset"]["root"] = str(Path(data_root).resolve())
+        atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False))
         atomic_write(self.features_path, yaml.safe_dump(to_dict(feat), sort_keys=False))
         write_json(self.path / "environment.json", environment())
         atomic_write(marker, digest + "\n")

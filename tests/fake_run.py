@@ -67,7 +67,7 @@ def make_run(run_dir: Path, dataset: Path, *, n_params: int = 115_219, epochs: i
     }, "fake_run")
     feat = FeatureConfig(name="dcase2020_baseline", sample_rate=48000, n_mels=40)
     run = RunDir(run_dir)
-    run.prepare(recipe, feat, config_hash(recipe, feat, str(dataset)))
+    run.prepare(recipe, feat, config_hash(recipe, feat, str(dataset)), dataset)
     history = []
     for e in range(1, epochs + 1):
         history.append({

@@ -108,16 +108,16 @@ def test_prepare_refuses_other_configurations_and_foreign_folders(tmp_path):
     recipe = from_dict(Recipe, {"name": "x"}, "test")
     feat = FeatureConfig(name="f")
     run = RunDir(tmp_path / "x")
-    run.prepare(recipe, feat, "abc")
-    run.prepare(recipe, feat, "abc")  # the same configuration again: fine
+    run.prepare(recipe, feat, "abc", "data")
+    run.prepare(recipe, feat, "abc", "data")  # the same configuration again: fine
     assert sorted(p.name for p in run.path.iterdir()) == ["config.yaml", "config_hash.txt", "environment.json", "features.yaml"]
     with pytest.raises(UserError, match="holds a run of a different configuration"):
-        run.prepare(recipe, feat, "abd")
+        run.prepare(recipe, feat, "abd", "data")
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "cat.jpg").write_bytes(b"\xff\xd8")
     with pytest.raises(UserError, match="exists and is not a dcase-effdl run folder"):
-        RunDir(foreign).prepare(recipe, feat, "abc")
+        RunDir(foreign).prepare(recipe, feat, "abc", "data")
     assert sorted(p.name for p in foreign.iterdir()) == ["cat.jpg"]
 
 
@@ -128,3 +128,15 @@ def test_variants_need_a_finished_one(tmp_path):
     (tmp_path / "float32" / "size.json").write_text(json.dumps({"n_params": 1}))  # metrics.json comes last
     with pytest.raises(UserError, match="no finished variant"):
         RunDir(tmp_path).variants()
+
+
+def test_config_records_the_dataset_used_as_an_absolute_path(tmp_path, monkeypatch):
+    """`run --data DIR` (issue 11 B4): config.yaml names DIR, resolved, not the recipe's dataset.root."""
+    monkeypatch.chdir(tmp_path)
+    recipe = from_dict(Recipe, {"name": "x", "dataset": {"root": "data/quickstart"}}, "test")
+    run = RunDir("runs/x")
+    run.prepare(recipe, FeatureConfig(name="f"), "abc", "elsewhere/../copy")
+    assert run.recipe().dataset.root == str(tmp_path / "copy")
+    digits = from_dict(Recipe, {"name": "d", "dataset": {"kind": "digits"}}, "test")
+    RunDir("runs/d").prepare(digits, FeatureConfig(name="f"), "abc", "data/quickstart")
+    assert RunDir("runs/d").recipe().dataset.root == "data/quickstart"  # digits read no folder: as given
