@@ -13,6 +13,7 @@ The stages run in order, each leaving an artifact in the run folder that the nex
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -319,23 +320,25 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
 
     ctx = distributed.setup(recipe.train.device)
     digest = config_hash(recipe, feat, data_root)
-    if ctx.is_main:  # the other ranks wait, then read the features rank 0 cached
-        bundle = prepare_data(recipe, feat, data)
-        RunDir(run_dir).prepare(recipe, feat, digest, data_root)
-        RunDir(run_dir).write_normalization(bundle.normalization)
-    ctx.barrier()
-    if not ctx.is_main:
-        bundle = prepare_data(recipe, feat, data)
-    # The data's class count and shape rule (a TAU-layout dataset may have other classes than the task's).
-    spec = replace(plan.spec, n_classes=bundle.n_classes, in_channels=bundle.input_shape[0],
-                   n_mels=bundle.input_shape[1], n_frames=bundle.input_shape[2])
-    parent = train_parent(recipe, bundle, spec, run_dir, resume=resume, run_hash=digest)
-    distributed.teardown()
-    if not ctx.is_main:
-        return run_dir
-    make_variants(recipe, plan, parent, bundle, spec, run_dir)
-    table = write_rows(run_dir)
-    write_pictures(run_dir)
+    # Rank 0 holds the run folder's lock from before the data work until the last file is written.
+    with RunDir(run_dir).lock(log) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:  # the other ranks wait, then read the features rank 0 cached
+            bundle = prepare_data(recipe, feat, data)
+            RunDir(run_dir).prepare(recipe, feat, digest, data_root)
+            RunDir(run_dir).write_normalization(bundle.normalization)
+        ctx.barrier()
+        if not ctx.is_main:
+            bundle = prepare_data(recipe, feat, data)
+        # The data's class count and shape rule (a TAU-layout dataset may have other classes than the task's).
+        spec = replace(plan.spec, n_classes=bundle.n_classes, in_channels=bundle.input_shape[0],
+                       n_mels=bundle.input_shape[1], n_frames=bundle.input_shape[2])
+        parent = train_parent(recipe, bundle, spec, run_dir, resume=resume, run_hash=digest)
+        distributed.teardown()
+        if not ctx.is_main:
+            return run_dir
+        make_variants(recipe, plan, parent, bundle, spec, run_dir)
+        table = write_rows(run_dir)
+        write_pictures(run_dir)
     log("")
     log(table)
     log(f"\nrun folder: {run_dir}")

@@ -190,10 +190,10 @@ class RunDir:
 
         The lock is an flock on `.lock`, which the kernel drops when its process dies, so a lock left
         by a killed run (its file still naming the dead pid) is taken over with a note. The file
-        holds the pid, host and start time for the message. A folder this call created is removed
-        again when nothing but the lock was written into it.
+        holds the pid, host and start time for the message. Folders this call created are removed
+        again when nothing but the lock was written into them.
         """
-        created = not self.path.exists()
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]  # the folder first
         path = self.path / LOCK
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -231,8 +231,10 @@ class RunDir:
         finally:
             path.unlink(missing_ok=True)  # before the close: a waiter then sees another inode and retries
             os.close(fd)
-            if created and not any(self.path.iterdir()):
-                self.path.rmdir()
+            for folder in created:
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
 
 
 class VariantDir:

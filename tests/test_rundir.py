@@ -1,8 +1,12 @@
-"""The run folder module: one label rule, one JSON reader, strict config, stamps, and what writers leave."""
+"""The run folder module: one label rule, one JSON reader, strict config, stamps, what writers leave, the lock."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -140,3 +144,53 @@ def test_config_records_the_dataset_used_as_an_absolute_path(tmp_path, monkeypat
     digits = from_dict(Recipe, {"name": "d", "dataset": {"kind": "digits"}}, "test")
     RunDir("runs/d").prepare(digits, FeatureConfig(name="f"), "abc", "data/quickstart")
     assert RunDir("runs/d").recipe().dataset.root == "data/quickstart"  # digits read no folder: as given
+
+
+# ---------------------------------------------------------------- the lock
+
+HOLD = """\
+import sys, time
+from dcase_effdl.rundir import RunDir
+with RunDir(sys.argv[1]).lock():
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def hold_lock(path):
+    """A process that takes the lock of `path` and keeps it; returns once it holds it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_lock_refuses_a_second_holder_and_takes_over_from_a_killed_one(tmp_path):
+    path = tmp_path / "run"
+    holder = hold_lock(path)
+    try:
+        info = json.loads((path / ".lock").read_text())
+        assert info["pid"] == holder.pid and info["host"] == socket.gethostname()
+        with pytest.raises(UserError, match=rf"^{path}: in use by pid {holder.pid} on {socket.gethostname()} \(since "):
+            with RunDir(path).lock():
+                pass
+        assert (path / ".lock").is_file()
+    finally:
+        holder.kill()  # as kill -9: the lock file stays, naming a dead pid
+        holder.wait()
+    assert json.loads((path / ".lock").read_text())["pid"] == holder.pid
+    notes = []
+    with RunDir(path).lock(log=notes.append):
+        assert json.loads((path / ".lock").read_text())["pid"] == os.getpid()
+        (path / "config.yaml").write_text("name: run\n")
+    assert len(notes) == 1 and f"taking over the lock left by pid {holder.pid}" in notes[0]
+    assert sorted(p.name for p in path.iterdir()) == ["config.yaml"]  # released: the lock file is gone
+
+
+def test_lock_leaves_no_folder_when_nothing_was_written(tmp_path):
+    with RunDir(tmp_path / "runs" / "q").lock():
+        assert (tmp_path / "runs" / "q" / ".lock").is_file()
+    assert list(tmp_path.iterdir()) == []  # a run that failed before writing leaves no stub folder
+    (tmp_path / "kept").mkdir()
+    with RunDir(tmp_path / "kept").lock():
+        pass
+    assert (tmp_path / "kept").is_dir()  # not created by the lock: not removed
