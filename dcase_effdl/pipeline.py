@@ -209,11 +209,14 @@ class Plan:
 
 
 def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
-    """Type the model knobs and every variant's steps; build the model on a dummy input shaped like the
-    features and dry-run each step sequence on it, so that a bad value fails in seconds, not after extraction."""
+    """Type the model knobs and every variant's steps and check what needs no data: build the model on a
+    dummy input shaped like the features, check the training options against that shape, and dry-run
+    each step sequence on the model, so that a bad value fails in seconds, not after extraction."""
     from dcase_effdl.compress import parse_steps
     from dcase_effdl.compress.apply import dry_run
+    from dcase_effdl.compress.size import get_policy
     from dcase_effdl.models import model_params
+    from dcase_effdl.training.loop import check_crop, check_loss, check_options
 
     if recipe.dataset.kind == "digits":
         from dcase_effdl.data.digits import INPUT_SHAPE, N_CLASSES
@@ -226,21 +229,29 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
     params = model_params(recipe.model.name, recipe.model.params, source, "model.params")
     spec = ModelSpec(recipe.model.name, params, n_classes, *shape)
     try:
+        get_policy(recipe.size_policy)
         model = spec.build().eval()
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") from None
-    try:
         with torch.no_grad():
             out = model(torch.zeros(2, *shape))
+        if tuple(out.shape) != (2, n_classes):
+            raise UserError(f"model '{spec.family}' gives outputs {tuple(out.shape[1:])}, not {n_classes} logits")
+        check_options(recipe.train, shape)
+        check_crop(model, recipe.train, shape)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
     except RuntimeError as exc:
         raise UserError(f"{source}: model '{spec.family}' cannot take inputs of shape {shape} "
                         f"({str(exc).strip().splitlines()[0]})") from None
-    if tuple(out.shape) != (2, n_classes):
-        raise UserError(f"{source}: model '{spec.family}' gives outputs {tuple(out.shape[1:])}, not {n_classes} logits")
     variants = []
     for i, vc in enumerate(recipe.variants):
-        steps = parse_steps(vc.compress, f"{source}: variants[{i}].compress")
-        dry_run(model, steps, spec)
+        where = f"{source}: variants[{i}].compress"
+        steps = parse_steps(vc.compress, where)
+
+        def check_fine_tune(model, epochs, lr=None, loss_fn=None, hooks=(), **kwargs):
+            check_loss(recipe.train, loss_fn, where)
+            return model
+
+        dry_run(model, steps, spec, recipe.size_policy, check_fine_tune)
         variants.append(VariantPlan(vc.name, recipe.variant_label(i), steps))
     return Plan(spec, variants)
 
@@ -309,7 +320,7 @@ def make_context(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: P
     work_dir.mkdir(exist_ok=True)
     return CompressContext(
         bundle=bundle, fine_tune=fine_tune, seed=recipe.seed, log=lambda m: log(f"[{variant_name}] {m}"),
-        work_dir=work_dir, model_spec=spec, parent_dir=run_dir,
+        work_dir=work_dir, model_spec=spec, parent_dir=run_dir, size_policy=recipe.size_policy,
     )
 
 

@@ -14,8 +14,8 @@ import torch
 
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
-from dcase_effdl.training.loop import fit, predict
-from train_helpers import all_techniques, tiny_bundle, tiny_model
+from dcase_effdl.training.loop import check_crop, check_options, fit, predict
+from train_helpers import SHAPE, all_techniques, tiny_bundle, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,11 +128,11 @@ def test_checkpoint_of_another_run_or_truncated_is_refused_and_kept(tmp_path):
 
 
 def test_incompatible_options_are_one_line_errors():
+    """Checked by the pipeline's resolve step against the features' shape, before any data is touched."""
     bundle = tiny_bundle()
-    mono = tiny_bundle()
-    mono.x_train = mono.x_train[:, :1]
+    mono = (1, *SHAPE[1:])
     with pytest.raises(UserError, match="channel_swap needs stereo"):
-        fit(tiny_model(), mono, TrainConfig(epochs=1, channel_swap=True, device="cpu"), seed=0)
+        check_options(TrainConfig(epochs=1, channel_swap=True, device="cpu"), mono)
 
     def hard_loss(logits, y, idx):
         return torch.nn.functional.cross_entropy(logits, y)
@@ -141,10 +141,12 @@ def test_incompatible_options_are_one_line_errors():
         fit(tiny_model(), bundle, TrainConfig(epochs=1, mixup_alpha=0.4, device="cpu"), seed=0, loss_fn=hard_loss)
     hard_loss.accepts_soft_targets = True  # a loss that says it takes soft labels is accepted
     with pytest.raises(UserError, match="time_crop"):
-        fit(tiny_model(), bundle, TrainConfig(epochs=1, time_crop=100, device="cpu"), seed=0)
+        check_options(TrainConfig(epochs=1, time_crop=100, device="cpu"), SHAPE)
+    with pytest.raises(UserError, match="time_roll = 30 is more than the 24 frames"):
+        check_options(TrainConfig(epochs=1, time_roll=30, device="cpu"), SHAPE)
     with pytest.raises(UserError, match="frames"):
         # the baseline's flatten layer fixes its input length: crops cannot be fed to it
-        fit(tiny_model(), bundle, TrainConfig(epochs=1, time_crop=20, device="cpu"), seed=0)
+        check_crop(tiny_model(), TrainConfig(epochs=1, time_crop=20, device="cpu"), SHAPE)
 
 
 def test_loss_fn_gets_batch_indices_and_same_seed_same_numbers():

@@ -81,16 +81,15 @@ def apply_steps(model: nn.Module, steps: list[StepConfig], ctx: CompressContext)
     return Variant(module, list(steps), ctx.model_spec, metas, history)
 
 
-def dry_run(model: nn.Module, steps: list[StepConfig], spec: ModelSpec, size_policy: str = "dcase2020") -> None:
-    """Apply `steps` to a copy of `model` on four random inputs of the data's shape, training nothing.
+def dry_run(model: nn.Module, steps: list[StepConfig], spec: ModelSpec, size_policy: str, fine_tune: Callable) -> None:
+    """Apply `steps` to a copy of `model` on four random inputs of the data's shape; `fine_tune` checks, trains nothing.
 
     What the steps can check without data fails here, before any data is touched: their order
-    (int8 after binary), the layers they pick, pruning targets, teachers, and the size policy.
+    (int8 after binary), the layers they pick, pruning targets and teachers.
     """
     from dcase_effdl.data.bundle import DataBundle
 
     x = torch.randn(4, *spec.input_shape)
     y = torch.arange(4) % spec.n_classes
     bundle = DataBundle([str(c) for c in range(spec.n_classes)], x, y, x, y, x, y, ["dry-run"] * 4)
-    apply_steps(model, steps, CompressContext(bundle=bundle, fine_tune=lambda m, *args, **kwargs: m, model_spec=spec,
-                                              size_policy=size_policy))
+    apply_steps(model, steps, CompressContext(bundle=bundle, fine_tune=fine_tune, model_spec=spec, size_policy=size_policy))
