@@ -216,7 +216,7 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
     from dcase_effdl.compress.apply import dry_run
     from dcase_effdl.compress.size import get_policy
     from dcase_effdl.models import model_params
-    from dcase_effdl.training.loop import check_crop, check_loss, check_options
+    from dcase_effdl.training.loop import check_crop, check_options
 
     if recipe.dataset.kind == "digits":
         from dcase_effdl.data.digits import INPUT_SHAPE, N_CLASSES
@@ -244,14 +244,8 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
                         f"({str(exc).strip().splitlines()[0]})") from None
     variants = []
     for i, vc in enumerate(recipe.variants):
-        where = f"{source}: variants[{i}].compress"
-        steps = parse_steps(vc.compress, where)
-
-        def check_fine_tune(model, epochs, lr=None, loss_fn=None, hooks=(), **kwargs):
-            check_loss(recipe.train, loss_fn, where)
-            return model
-
-        dry_run(model, steps, spec, recipe.size_policy, check_fine_tune)
+        steps = parse_steps(vc.compress, f"{source}: variants[{i}].compress")
+        dry_run(model, steps, spec, recipe.size_policy, recipe.train)
         variants.append(VariantPlan(vc.name, recipe.variant_label(i), steps))
     return Plan(spec, variants)
 
@@ -309,18 +303,12 @@ class VariantResult:
 
 def make_context(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: Path, variant_name: str):
     from dcase_effdl.compress import CompressContext
-    from dcase_effdl.training.loop import fit
-
-    def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=(), **kwargs):
-        fit(model, bundle, recipe.train, seed=recipe.seed, epochs=epochs, lr=lr, loss_fn=loss_fn,
-            hooks=hooks, desc=f"fine-tune {variant_name}", **kwargs)
-        return model
 
     work_dir = run_dir / "work"
     work_dir.mkdir(exist_ok=True)
     return CompressContext(
-        bundle=bundle, fine_tune=fine_tune, seed=recipe.seed, log=lambda m: log(f"[{variant_name}] {m}"),
-        work_dir=work_dir, model_spec=spec, parent_dir=run_dir, size_policy=recipe.size_policy,
+        bundle=bundle, train=recipe.train, model_spec=spec, size_policy=recipe.size_policy, seed=recipe.seed,
+        log=lambda m: log(f"[{variant_name}] {m}"), work_dir=work_dir, parent_dir=run_dir, name=variant_name,
     )
 
 

@@ -109,7 +109,7 @@ def test_bad_values_fail_before_any_work(tmp_path, override, message):
 def test_mixup_with_a_hard_label_step_loss_fails_in_the_dry_run(tmp_path):
     step = "{method: distill, teacher: {model: dcase2020_baseline, epochs: 1}}"
     message = refused(tmp_path, "train.mixup_alpha=0.2", f"variants=[{{name: kd, compress: [{step}]}}]")
-    assert "variants[0].compress: train.mixup_alpha = 0.2 needs a loss that takes soft (mixed) labels" in message
+    assert "variants[0].compress[0]: train.mixup_alpha = 0.2 needs a loss that takes soft (mixed) labels" in message
 
 
 @pytest.mark.parametrize("override, key", [

@@ -62,6 +62,22 @@ class History:
         return out
 
 
+@dataclass(frozen=True)
+class FineTune:
+    """What one call of `fit` changes from the recipe's train settings (a compression step's fine-tuning).
+
+    `loss_fn(logits, y, idx)` may look up per-sample data by `idx` (indices into bundle.x_train);
+    with mixup, y holds soft labels and the loss must say it takes them (`accepts_soft_targets`).
+    `hooks` have any of on_epoch_start(epoch, model), after_step(model), on_epoch_end(epoch, model).
+    """
+
+    epochs: int | None = None  # None: train.epochs
+    lr: float | None = None  # None: train.lr
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    hooks: tuple = ()
+    select_best: bool = True  # restore the best validation epoch (False: keep the last one)
+
+
 def seed_everything(seed: int) -> None:
     """Seed every generator the loop touches, so the same recipe and seed give the same numbers."""
     torch.manual_seed(seed)
@@ -244,13 +260,9 @@ def fit(
     cfg: TrainConfig,
     *,
     seed: int,
-    epochs: int | None = None,
-    lr: float | None = None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    hooks: Iterable = (),
+    tune: FineTune = FineTune(),
     out_dir: str | Path | None = None,
     desc: str = "train",
-    select_best: bool = True,
     resume: bool = False,
     run_hash: str | None = None,
 ) -> History:
@@ -265,9 +277,9 @@ def fit(
     `history.json` are written there, and `resume=True` continues from `last.pt`; `run_hash`
     identifies the run (e.g. the recipe's hash), so another run's checkpoint is refused.
     """
-    epochs = cfg.epochs if epochs is None else epochs
-    lr = cfg.lr if lr is None else lr
-    hooks = list(hooks)
+    epochs = cfg.epochs if tune.epochs is None else tune.epochs
+    lr = cfg.lr if tune.lr is None else tune.lr
+    hooks, loss_fn, select_best = list(tune.hooks), tune.loss_fn, tune.select_best
     check_loss(cfg, loss_fn, desc)
     ctx = current()
     ddp = ctx.active
