@@ -145,11 +145,14 @@ class Plan:
 
 
 def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
-    """Type the model knobs and every variant's steps; build the model on a dummy input shaped like the
-    features and dry-run each step sequence on it, so that a bad value fails in seconds, not after extraction."""
+    """Type the model knobs and every variant's steps and check what needs no data: build the model on a
+    dummy input shaped like the features, check the training options against that shape, and dry-run
+    each step sequence on the model, so that a bad value fails in seconds, not after extraction."""
     from dcase_effdl.compress import parse_steps
     from dcase_effdl.compress.apply import dry_run
+    from dcase_effdl.compress.size import get_policy
     from dcase_effdl.models import model_params
+    from dcase_effdl.training.loop import check_crop, check_options
 
     if recipe.dataset.kind == "digits":
         from dcase_effdl.data.digits import INPUT_SHAPE, N_CLASSES
@@ -162,21 +165,23 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
     params = model_params(recipe.model.name, recipe.model.params, source, "model.params")
     spec = ModelSpec(recipe.model.name, params, n_classes, *shape)
     try:
+        get_policy(recipe.size_policy)
         model = spec.build().eval()
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") from None
-    try:
         with torch.no_grad():
             out = model(torch.zeros(2, *shape))
+        if tuple(out.shape) != (2, n_classes):
+            raise UserError(f"model '{spec.family}' gives outputs {tuple(out.shape[1:])}, not {n_classes} logits")
+        check_options(recipe.train, shape)
+        check_crop(model, recipe.train, shape)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
     except RuntimeError as exc:
         raise UserError(f"{source}: model '{spec.family}' cannot take inputs of shape {shape} "
                         f"({str(exc).strip().splitlines()[0]})") from None
-    if tuple(out.shape) != (2, n_classes):
-        raise UserError(f"{source}: model '{spec.family}' gives outputs {tuple(out.shape[1:])}, not {n_classes} logits")
     variants = []
     for i, vc in enumerate(recipe.variants):
         steps = parse_steps(vc.compress, f"{source}: variants[{i}].compress")
-        dry_run(model, steps, spec)
+        dry_run(model, steps, spec, recipe.size_policy, recipe.train)
         variants.append(VariantPlan(vc.name, recipe.variant_label(i), steps))
     return Plan(spec, variants)
 
@@ -234,18 +239,12 @@ class VariantResult:
 
 def make_context(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: Path, variant_name: str):
     from dcase_effdl.compress import CompressContext
-    from dcase_effdl.training.loop import fit
-
-    def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=(), **kwargs):
-        fit(model, bundle, recipe.train, seed=recipe.seed, epochs=epochs, lr=lr, loss_fn=loss_fn,
-            hooks=hooks, desc=f"fine-tune {variant_name}", **kwargs)
-        return model
 
     work_dir = run_dir / "work"
     work_dir.mkdir(exist_ok=True)
     return CompressContext(
-        bundle=bundle, fine_tune=fine_tune, seed=recipe.seed, log=lambda m: log(f"[{variant_name}] {m}"),
-        work_dir=work_dir, model_spec=spec, parent_dir=run_dir,
+        bundle=bundle, train=recipe.train, model_spec=spec, size_policy=recipe.size_policy, seed=recipe.seed,
+        log=lambda m: log(f"[{variant_name}] {m}"), work_dir=work_dir, parent_dir=run_dir, name=variant_name,
     )
 
 

@@ -38,6 +38,7 @@ from dcase_effdl.compress.storage import require_not
 from dcase_effdl.compress.surgery import weight_layers
 from dcase_effdl.errors import UserError
 from dcase_effdl.rundir import RunDir, VariantDir
+from dcase_effdl.training.loop import FineTune
 
 INLINE_KEYS = {"model", "params", "epochs", "lr"}
 
@@ -172,7 +173,7 @@ def teacher_logits(cfg: DistillConfig, ctx) -> list[torch.Tensor]:
             params = model_params(t["model"], t.get("params"), cfg.where, "teacher.params")
             teacher = ModelSpec(t["model"], params, spec.n_classes, *spec.input_shape).build()
             ctx.log(f"distill: training teacher '{t['model']}' ({sum(p.numel() for p in teacher.parameters()):,} parameters) for {t['epochs']} epochs")
-            fine_tune(teacher, t["epochs"], lr=t.get("lr"))
+            fine_tune(teacher, FineTune(t["epochs"], t.get("lr")))
             return logits_of(teacher, x)
 
         logits, hit = _cached(ctx, key, compute)
@@ -215,7 +216,7 @@ def apply_distill(model: nn.Module, cfg: DistillConfig, ctx):
         return kd_loss(logits, targets[idx], y, cfg.temperature, cfg.alpha)
 
     keep = KeepZeros(model)
-    fine_tune(model, cfg.epochs, lr=cfg.lr, loss_fn=loss_fn, hooks=[keep] if keep.masks else [])
+    fine_tune(model, FineTune(cfg.epochs, cfg.lr, loss_fn=loss_fn, hooks=(keep,) if keep.masks else ()))
     ctx.log(f"distill: student fine-tuned {cfg.epochs} epochs (T={cfg.temperature}, alpha={cfg.alpha}); "
             f"teacher training accuracy {teacher_acc:.1f} %")
     return model, {"teacher_train_accuracy": round(teacher_acc, 3)}
