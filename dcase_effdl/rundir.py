@@ -77,7 +77,8 @@ def git_commit() -> str | None:
         return None
 
 
-def environment() -> dict:
+def current_environment() -> dict:
+    """Versions, git commit and thread count of this process (what environment.json records)."""
     import numpy as np
     import torch
 
@@ -178,7 +179,7 @@ class RunDir:
             config["dataset"]["root"] = str(Path(data_root).resolve())
         atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False))
         atomic_write(self.features_path, yaml.safe_dump(to_dict(feat), sort_keys=False))
-        write_json(self.path / "environment.json", environment())
+        write_json(self.path / "environment.json", current_environment())
         atomic_write(marker, digest + "\n")
 
     def write_normalization(self, stats: dict) -> None:
@@ -202,12 +203,9 @@ class RunDir:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    text = os.pread(fd, 4096, 0)
-                    for _ in range(20):  # the holder writes its pid right after taking the lock
-                        if text:
-                            break
+                    deadline = time.monotonic() + 1  # the holder writes its pid right after taking the lock
+                    while not (text := os.pread(fd, 4096, 0)) and time.monotonic() < deadline:
                         time.sleep(0.05)
-                        text = os.pread(fd, 4096, 0)
                     os.close(fd)
                     raise UserError(f"{self.path}: in use by {_holder(text)}; wait for it to finish or choose "
                                     "another --out") from None

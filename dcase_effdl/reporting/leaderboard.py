@@ -1,20 +1,4 @@
-"""Leaderboard rows from a run folder (one per variant), and the one formatter of such rows (text, md, csv, html).
-
-A row is a plain dict with the columns of the DCASE 2020 Task 1B results table plus where it came
-from. Keys (and the headers used in files and tables, see HEADERS; published rows add theirs):
-
-    rank                   Rank                   1 = highest accuracy (set by `rank_rows`)
-    label                  Submission label       `VariantDir.label` (from `<label>.output.csv`), else None
-    accuracy               Accuracy (%)           macro average of class-wise accuracy, percent
-    log_loss               Logloss                over all clips
-    n_params               Parameters             counted values (weights and biases)
-    n_nonzero              Non-zero parameters
-    sparsity               Sparsity (%)           100 * zeros / n_params
-    size_kb                Size (KB)              KB = 1024 B, as the size policy counts it
-    complexity_management  Complexity management  e.g. 'float16', 'pruning + float16'
-    run, variant           Run, Variant           run folder name, variant folder name
-    size_bytes, limit_bytes, policy, over_limit   the size policy's verdict (limit_bytes may be None)
-"""
+"""Leaderboard rows from a run folder (one per variant), and the one formatter of such rows (text, md, csv, html)."""
 
 from __future__ import annotations
 
@@ -29,26 +13,28 @@ from dcase_effdl.files import atomic_write
 from dcase_effdl.rundir import RunDir, VariantDir
 from dcase_effdl.task import KB
 
+# A row is a plain dict: the columns of the DCASE 2020 Task 1B results table plus where it came from.
+# Its keys, their headers in files and tables, and what they hold:
 HEADERS = {
-    "rank": "Rank",
-    "label": "Submission label",
-    "technical_report": "Technical report",
+    "rank": "Rank",  # 1 = highest accuracy (set by `rank_rows`)
+    "label": "Submission label",  # `VariantDir.label` (from `<label>.output.csv`), else None
+    "technical_report": "Technical report",  # published rows only, like official_rank, origin and set
     "official_rank": "Official system rank",
-    "accuracy": "Accuracy (%)",
-    "log_loss": "Logloss",
-    "n_params": "Parameters",
+    "accuracy": "Accuracy (%)",  # macro average of class-wise accuracy, percent
+    "log_loss": "Logloss",  # over all clips
+    "n_params": "Parameters",  # counted values (weights and biases)
     "n_nonzero": "Non-zero parameters",
-    "sparsity": "Sparsity (%)",
-    "size_kb": "Size (KB)",
-    "complexity_management": "Complexity management",
-    "run": "Run",
-    "variant": "Variant",
-    "size_bytes": "Size (bytes)",
+    "sparsity": "Sparsity (%)",  # 100 * zeros / n_params
+    "size_kb": "Size (KB)",  # KB = 1024 B, as the size policy counts it
+    "complexity_management": "Complexity management",  # e.g. 'float16', 'pruning + float16'
+    "run": "Run",  # run folder name
+    "variant": "Variant",  # variant folder name
+    "size_bytes": "Size (bytes)",  # size_bytes, limit_bytes (may be None), policy, over_limit: the policy's verdict
     "limit_bytes": "Limit (bytes)",
     "policy": "Size policy",
     "over_limit": "Over limit",
-    "origin": "Origin",
-    "set": "Accuracy on",
+    "origin": "Origin",  # 'own' or 'published'
+    "set": "Accuracy on",  # which data the accuracy is on
 }
 # leaderboard.csv: every key of an own row; the table printed after a run: the results table's columns.
 COLUMNS = [(k, HEADERS[k]) for k in ("rank", "label", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity",
