@@ -3,7 +3,7 @@
     dcase-effdl validate PACKAGE [--dataset DIR]
 
 PACKAGE is a zip file or a folder holding `task1/<label>/<label>.output.csv` and
-`<label>.meta.yaml` (up to four systems); a folder of one system works too. The checks mirror
+`<label>.meta.yaml` (up to four systems), optionally under one top folder. The checks mirror
 toni-heittola/dcase2020_task1_submission_validator (labels, file names, required meta fields,
 numeric complexity and results, output header, field count, scene labels, parseable probabilities,
 unique files, file count) and add what the task rules say but that checker left out: probabilities in
@@ -22,7 +22,6 @@ YAML reader) and names that could point outside the package are refused: one lin
 from __future__ import annotations
 
 import csv
-import io
 import math
 import re
 import zipfile
