@@ -35,8 +35,9 @@ Knobs (`model.params` in a recipe):
         conv of each block and the head conv zero) or 'kaiming' (He normal everywhere).
 
 Published sizes (3 classes, stereo input, 2020 rule: conv weights counted, batch norm not):
-    sub3 `--rho 4 --width 48 --depth_restriction "0,1,3"`: 242,592 conv weights (reported 247,316
-        trainable incl. batch norm); sub2 `--rho 4 --width 64 --depth_restriction "0,2,4"` then
+    sub3 `--rho 4 --width 48 --depth_restriction "0,1,3"`: 242,592 conv weights = 473.81 KB in float16,
+        the official 242k / 473.8 KB (the README's "247,316 trainable parameters" matches no count of
+        it: 242,592 + 3,366 batch norm = 245,958); sub2 `--rho 4 --width 64 --depth_restriction "0,2,4"` then
     magnitude-pruned to 247,562 non-zero (see recipes/koutini.yaml).
 """
 

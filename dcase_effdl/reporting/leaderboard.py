@@ -16,7 +16,7 @@ from dcase_effdl.task import KB
 # A row is a plain dict: the columns of the DCASE 2020 Task 1B results table plus where it came from.
 # Its keys, their headers in files and tables, and what they hold:
 HEADERS = {
-    "rank": "Rank",  # 1 = highest accuracy (set by `rank_rows`)
+    "rank": "Rank",  # 1 = highest accuracy, equal accuracies share a rank (set by `rank_rows`)
     "label": "Submission label",  # `VariantDir.label` (from `<label>.output.csv`), else None
     "technical_report": "Technical report",  # published rows only, like official_rank, origin and set
     "official_rank": "Official system rank",
@@ -24,7 +24,7 @@ HEADERS = {
     "log_loss": "Logloss",  # over all clips
     "n_params": "Parameters",  # counted values (weights and biases)
     "n_nonzero": "Non-zero parameters",
-    "sparsity": "Sparsity (%)",  # 100 * zeros / n_params
+    "sparsity": "Sparsity",  # fraction of the counted values that are zero, as the official table prints it
     "size_kb": "Size (KB)",  # KB = 1024 B, as the size policy counts it
     "complexity_management": "Complexity management",  # e.g. 'float16', 'pruning + float16'
     "run": "Run",  # run folder name
@@ -44,8 +44,8 @@ TEXT_KEYS = ["rank", "label", "accuracy", "log_loss", "n_params", "n_nonzero", "
              "complexity_management", "variant"]
 NUMERIC = {"rank", "official_rank", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity", "size_kb"}
 # Digits after the point in files (csv) and in tables people read (text, md, html).
-CSV_DIGITS = {"accuracy": 2, "log_loss": 4, "sparsity": 2, "size_kb": 2}
-TABLE_DIGITS = {"accuracy": 1, "log_loss": 3, "sparsity": 1, "size_kb": 2}
+CSV_DIGITS = {"accuracy": 2, "log_loss": 4, "sparsity": 4, "size_kb": 2}
+TABLE_DIGITS = {"accuracy": 1, "log_loss": 3, "sparsity": 3, "size_kb": 2}
 OVER_MARK = "*"
 FORMATS = ("text", "md", "csv", "html")
 
@@ -75,7 +75,7 @@ def row_from_variant(run_dir: str | Path, variant_name: str) -> dict:
         "log_loss": None if log_loss is None else float(log_loss),
         "n_params": n_params,
         "n_nonzero": n_nonzero,
-        "sparsity": 100.0 * (n_params - n_nonzero) / n_params if n_params else 0.0,
+        "sparsity": (n_params - n_nonzero) / n_params if n_params else 0.0,
         "size_kb": size_kb,
         "complexity_management": size.get("complexity_management") or "",
         "run": run_dir.name,
@@ -93,12 +93,16 @@ def rows_from_run(run_dir: str | Path) -> list[dict]:
 
 
 def rank_rows(rows: list[dict]) -> list[dict]:
-    """Rows sorted by accuracy (highest first; smaller size breaks ties; no accuracy last), ranks set."""
-    ranked = sorted(
-        rows,
-        key=lambda r: (r["accuracy"] is None, -(r["accuracy"] or 0.0), r["size_kb"] or 0.0),
-    )
-    return [dict(row, rank=i + 1) for i, row in enumerate(ranked)]
+    """Rows sorted by accuracy (highest first, no accuracy last) with the official table's rank: equal
+    accuracies share a rank, listed by label as the official table lists them, and the next rank follows
+    on (1, 2, 2, 3); a row without accuracy has none."""
+    ranked = sorted(rows, key=lambda r: (r["accuracy"] is None, -(r["accuracy"] or 0.0), r.get("label") or ""))
+    out, rank, last = [], 0, None
+    for row in ranked:
+        if row["accuracy"] is not None and row["accuracy"] != last:
+            rank, last = rank + 1, row["accuracy"]
+        out.append(dict(row, rank=rank if row["accuracy"] is not None else None))
+    return out
 
 
 def write_leaderboard_csv(path: str | Path, rows: list[dict]) -> Path:
@@ -119,14 +123,20 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cell(key: str, row: dict, fmt: str) -> str:
-    """One cell: '' when missing; csv keeps plain numbers, the other formats round, group and mark."""
+    """One cell: '' when missing; a number a published row carries as printed (`row['printed']`) stays as
+    printed ('345k', '483.5'); otherwise csv keeps plain numbers, the other formats round, group and mark."""
     value = row.get(key)
     if value is None or value == "":
         return ""
+    printed = (row.get("printed") or {}).get(key)
     if fmt == "csv":
+        if printed is not None:
+            return printed
         return f"{value:.{CSV_DIGITS[key]}f}" if key in CSV_DIGITS else str(value)
+    if printed is not None and key != "size_kb":
+        return printed
     if key in TABLE_DIGITS:
-        text = f"{value:,.{TABLE_DIGITS[key]}f}"
+        text = printed if printed is not None else f"{value:,.{TABLE_DIGITS[key]}f}"
         if key == "size_kb" and row.get("over_limit"):
             text += f" {OVER_MARK}"
         elif key == "size_kb" and fmt == "text":
