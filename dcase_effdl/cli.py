@@ -4,6 +4,7 @@
     dcase-effdl run recipes/quickstart.yaml [--data DIR] [--out RUNDIR] [--set train.epochs=2]
     dcase-effdl evaluate runs/quickstart --data DIR [--json]
     dcase-effdl size dcase2020_baseline|RUNDIR [--policy dcase2020] [--json]
+    dcase-effdl reproduce dcase2020_task1b [--format md|text|json]
     dcase-effdl download tau2020-3class-development --to data [--mirror URL]
     dcase-effdl check-data DIR [--json]
 
@@ -145,6 +146,13 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from dcase_effdl.reporting.reproduce import format_reproduction, reproduce
+
+    print(format_reproduction(reproduce(args.name, args.recipes), args.format), end="")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from dcase_effdl.reporting.plots import write_comparison_plots
 
@@ -242,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "csv", "html", "text"], default="md")
     p.add_argument("--out", help="write to this file instead of printing")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("reproduce", help="the published complexity columns rebuilt from shipped recipes, without training")
+    p.add_argument("name", choices=["dcase2020_task1b"])
+    p.add_argument("--recipes", help="folder of the recipes (default: the repository's recipes/)")
+    p.add_argument("--format", choices=["md", "text", "json"], default="md")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("plot", help="plots comparing runs: accuracy vs size, training curves, confusion matrices")
     p.add_argument("run_dirs", nargs="+", metavar="RUNDIR")
