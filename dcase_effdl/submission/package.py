@@ -26,7 +26,8 @@ from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_open
 from dcase_effdl.rundir import RunDir, VariantDir
 from dcase_effdl.submission.files import DESCRIPTION_DEFAULTS, write_meta_yaml
-from dcase_effdl.submission.validate import Report, check_label, dataset_test_files, evaluation_set_files, validate_package
+from dcase_effdl.submission.validate import (Report, check_label, dataset_test_files, evaluation_set_files, file_max_bytes,
+                                             validate_package)
 from dcase_effdl.task import ABBREVIATION_MAX, MAX_SYSTEMS
 
 # ---------------------------------------------------------------- the user's submission info
@@ -53,7 +54,7 @@ class Author:
 class ExternalDataset:
     name: str
     url: str
-    total_audio_length: Union[float, None] = None  # hours
+    total_audio_length: Union[float, None] = None  # minutes, as the 2020 template says
 
 
 @dataclass
@@ -73,7 +74,7 @@ class SubmissionInfo:
     name: str = "{label}"  # {label}, {variant} and {index} (the label's N) are filled in
     abbreviation: Union[str, None] = None  # at most 10 characters after filling in; default Lastname_N
     description: dict[str, Any] = field(default_factory=dict)  # system.description fields
-    external_datasets: Union[list[ExternalDataset], None] = None
+    external_datasets: Union[list[ExternalDataset], None] = None  # none (null or []) is written as []
     source_code: Union[str, None] = None
     technical_report: Union[str, None] = None  # PDF path, relative to the info file
     systems: dict[str, SystemOverride] = field(default_factory=dict)
@@ -181,7 +182,7 @@ def write_system_meta(path: Path, system: System, info: SubmissionInfo | None) -
          "affiliation": {k: v for k, v in vars(a.affiliation).items() if v is not None}}
         for a in info.authors
     ]
-    external = None if info.external_datasets is None else [vars(d) for d in info.external_datasets]
+    external = [vars(d) for d in info.external_datasets or []]
     return write_meta_yaml(path, system.label, system.metrics, system.size, description, name=name,
                            abbreviation=abbreviation, authors=authors, external_datasets=external,
                            source_code=info.source_code)
@@ -197,6 +198,45 @@ class Package:
     labels: list[str]
     expected: str  # which file list the outputs were checked against
     report: Report
+
+
+def _stage_and_move(systems: list[System], out_dir: Path, info: SubmissionInfo | None, team: tuple[str, str],
+                    expected: list[str], expected_what: str, hint: str) -> Report:
+    """Write the systems' files into a staging folder beside `out_dir`, validate them, and only if the
+    validator accepts them move them into `out_dir/task1/` (UserError otherwise, `out_dir` untouched)."""
+    lastname, institute = team
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=out_dir.parent) as tmp:
+        staging = Path(tmp)
+        for s in systems:
+            folder = staging / "task1" / s.label
+            folder.mkdir(parents=True)
+            shutil.copyfile(s.output, folder / f"{s.label}.output.csv")
+            write_system_meta(folder / f"{s.label}.meta.yaml", s, info)
+        if info is not None and info.technical_report:
+            shutil.copyfile(info.technical_report, staging / "task1" / f"{lastname}_{institute}_task1.technical_report.pdf")
+        report = validate_package(staging, expected)
+        if not report.ok:
+            # File-level problems (missing files, counts, meta fields) say most; then the first rows.
+            problems = sorted(report.problems, key=lambda p: p.line is not None)
+            shown = "; ".join(str(p).replace(str(staging) + "/", "") for p in problems[:5])
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise UserError(f"{out_dir}: package not written, the validator rejects it "
+                            f"(expected files: {expected_what}{hint}): {shown}{more}")
+        for w in report.warnings:  # name the package as it will be, not the staging folder
+            w.file = w.file.replace(str(staging), str(out_dir))
+        if info is None:
+            report.warn("meta.yaml", None, "authors are placeholders: pass --info with your submission info YAML")
+
+        # Only now touch the output folder: replace these labels' folders, then write the zip.
+        (out_dir / "task1").mkdir(parents=True, exist_ok=True)
+        for item in sorted((staging / "task1").iterdir()):
+            target = out_dir / "task1" / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            shutil.move(str(item), str(target))
+    return report
 
 
 def build_package(
@@ -223,42 +263,25 @@ def build_package(
     if len(teams) != 1:
         raise UserError(f"labels {seen} belong to different teams (Lastname_INST must be the same in a package)")
     expected, expected_what = _expected_files(systems, dataset)
+    for s in systems:  # the run's own file named, not its staging copy
+        what, limit = file_max_bytes(s.output.name, len(expected))
+        size = s.output.stat().st_size
+        if size > limit:
+            raise UserError(f"{s.output}: {size:,} bytes, over the limit of {limit:,} for {what}; refused")
 
     lastname, institute = next(iter(teams))
     zip_name = f"{lastname}_{institute}_task1b.zip"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".staging-", dir=out_dir.parent) as tmp:
-        staging = Path(tmp)
-        for s in systems:
-            folder = staging / "task1" / s.label
-            folder.mkdir(parents=True)
-            shutil.copyfile(s.output, folder / f"{s.label}.output.csv")
-            write_system_meta(folder / f"{s.label}.meta.yaml", s, info)
-        if info is not None and info.technical_report:
-            shutil.copyfile(info.technical_report, staging / "task1" / f"{lastname}_{institute}_task1.technical_report.pdf")
-        report = validate_package(staging, expected)
-        if not report.ok:
-            # File-level problems (missing files, counts, meta fields) say most; then the first rows.
-            problems = sorted(report.problems, key=lambda p: p.line is not None)
-            shown = "; ".join(str(p).replace(str(staging) + "/", "") for p in problems[:5])
-            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-            hint = "; pass --dataset DIR to check against a dataset's test split" if dataset is None else ""
-            raise UserError(f"{out_dir}: package not written, the validator rejects it "
-                            f"(expected files: {expected_what}{hint}): {shown}{more}")
-        for w in report.warnings:  # name the package as it will be, not the staging folder
-            w.file = w.file.replace(str(staging), str(out_dir))
-        if info is None:
-            report.warn("meta.yaml", None, "authors are placeholders: pass --info with your submission info YAML")
-
-        # Only now touch the output folder: replace these labels' folders, then write the zip.
-        (out_dir / "task1").mkdir(parents=True, exist_ok=True)
-        for item in sorted((staging / "task1").iterdir()):
-            target = out_dir / "task1" / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            shutil.move(str(item), str(target))
+    created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]  # the deepest first
+    out_dir.parent.mkdir(parents=True, exist_ok=True)  # the staging folder sits beside out_dir: moves are renames
+    hint = "; pass --dataset DIR to check against a dataset's test split" if dataset is None else ""
+    try:
+        report = _stage_and_move(systems, out_dir, info, (lastname, institute), expected, expected_what, hint)
+    except BaseException:
+        for folder in created:  # a refused package leaves no folder behind
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
+        raise
     zip_path = out_dir / zip_name
     root = zip_path.stem
     members = [out_dir / "task1" / s.label for s in systems]
