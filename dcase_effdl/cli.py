@@ -1,6 +1,7 @@
 """Command line: `dcase-effdl COMMAND ...` (also `python -m dcase_effdl COMMAND ...`).
 
     dcase-effdl make-dataset data/quickstart --clips-per-class 100 --seed 0
+    dcase-effdl make-dataset data/quickstart-eval --evaluation-of data/quickstart
     dcase-effdl run recipes/quickstart.yaml [--data DIR] [--out RUNDIR] [--set train.epochs=2]
     dcase-effdl evaluate runs/quickstart --data DIR [--json]
     dcase-effdl size dcase2020_baseline|RUNDIR [--policy dcase2020] [--json]
@@ -23,6 +24,12 @@ from dcase_effdl.errors import UserError
 
 
 def cmd_make_dataset(args) -> int:
+    if args.evaluation_of:
+        from dcase_effdl.data.evaluation_layout import make_evaluation_layout
+
+        key = make_evaluation_layout(args.evaluation_of, args.out, seed=args.seed)
+        print(f"wrote an unlabeled evaluation-layout copy of {args.evaluation_of}'s test fold ({len(key)} clips) to {args.out}")
+        return 0
     from dcase_effdl.data.synthetic import make_dataset
 
     out = make_dataset(Path(args.out), clips_per_class=args.clips_per_class, seed=args.seed,
@@ -126,10 +133,11 @@ def cmd_submit(args) -> int:
     from dcase_effdl.submission.package import build_package, load_submission_info
 
     info = load_submission_info(args.info) if args.info else None
-    pkg = build_package(args.variants, args.out, labels=args.label or None, info=info, dataset=args.dataset)
+    pkg = build_package(args.variants, args.out, labels=args.label or None, info=info, dataset=args.dataset,
+                        outputs=args.outputs)
     for w in pkg.report.warnings:
         print(f"warning: {w}")
-    print(f"wrote {', '.join(pkg.labels)} to {pkg.out_dir / 'task1'} and {pkg.zip_path} "
+    print(f"wrote {', '.join(pkg.labels)} ({pkg.outputs} outputs) to {pkg.out_dir / 'task1'} and {pkg.zip_path} "
           f"(validated against {pkg.expected})")
     return 0
 
@@ -186,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
     p.add_argument("--sample-rate", type=int, default=48000, help="Hz")
+    p.add_argument("--evaluation-of", metavar="DATASET", help="instead: an unlabeled evaluation-layout copy of DATASET's "
+                   "test fold (audio/0.wav ..., fold1_test.csv), in an order shuffled with --seed")
     p.set_defaults(func=cmd_make_dataset)
 
     p = sub.add_parser("run", help="run a recipe end to end")
@@ -238,8 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], help="Lastname_INST_task1b_N, once per variant "
                    "(default: the label of the variant's output file, from the recipe)")
     p.add_argument("--info", help="submission info YAML (authors, description); see dcase_effdl/submission/submission_info.example.yaml")
-    p.add_argument("--dataset", help="check the outputs against this dataset's test split "
-                   "(default: the run's dataset, else the 8,640 evaluation files)")
+    p.add_argument("--dataset", help="check the outputs against this dataset's test split (default: the evaluation set "
+                   "`evaluate` used, else the run's dataset, else the 8,640 evaluation files)")
+    p.add_argument("--outputs", choices=["auto", "evaluation", "development"], default="auto",
+                   help="package <variant>/evaluation/ outputs (from evaluate) or the development test split's "
+                        "(default auto: evaluation where there)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("leaderboard", help="leaderboard table of runs, optionally beside the published rows")

@@ -1,14 +1,16 @@
 """`dcase-effdl submit`: build a DCASE 2020 Task 1B submission package from finished variants.
 
+    dcase-effdl evaluate runs/quickstart --data EVALSET        # writes <variant>/evaluation/<label>.output.csv
     dcase-effdl submit runs/quickstart/float32 runs/quickstart/float16 --info submission_info.yaml \\
-        --out submission [--label Doe_UNI_task1b_1 --label Doe_UNI_task1b_2] [--dataset DIR]
+        --out submission [--label Doe_UNI_task1b_1 --label Doe_UNI_task1b_2] [--dataset DIR] [--outputs auto]
 
 Writes `<out>/task1/<label>/<label>.output.csv` and `<label>.meta.yaml` for up to four systems and
 `<out>/<Lastname>_<INST>_task1b.zip`, whose members sit under one root folder
 (`Lastname_INST_task1b/task1/<label>/...`): the official 2020 checker reads the label from the
 third path component of each zip member. Authors and the system description come from a YAML the
 user fills once (template: dcase_effdl/submission/submission_info.example.yaml); sizes and results from the
-variant's size.json and metrics.json. The package is built in a staging folder and checked with
+variant's size.json and metrics.json (the development results). The outputs are the variant's outputs
+on the evaluation set when `evaluate` wrote them (`<variant>/evaluation/`), else its test-split outputs. The package is built in a staging folder and checked with
 `dcase_effdl.submission.validate` first: a package the validator rejects is never written.
 """
 
@@ -24,11 +26,11 @@ from typing import Any, Union
 from dcase_effdl.config import from_dict, read_yaml
 from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_open
-from dcase_effdl.rundir import RunDir, VariantDir
+from dcase_effdl.rundir import RunDir, VariantDir, file_sha256
 from dcase_effdl.submission.files import DESCRIPTION_DEFAULTS, write_meta_yaml
 from dcase_effdl.submission.validate import (Report, check_label, dataset_test_files, evaluation_set_files, file_max_bytes,
                                              validate_package)
-from dcase_effdl.task import ABBREVIATION_MAX, MAX_SYSTEMS
+from dcase_effdl.task import ABBREVIATION_MAX, EVAL_FILE_COUNT, MAX_SYSTEMS
 
 # ---------------------------------------------------------------- the user's submission info
 
@@ -111,6 +113,9 @@ def load_submission_info(path: str | Path) -> SubmissionInfo:
 # ---------------------------------------------------------------- one system
 
 
+OUTPUTS = ("auto", "evaluation", "development")  # which outputs `submit` packages (auto: evaluation when there)
+
+
 @dataclass
 class System:
     variant_dir: Path
@@ -118,14 +123,35 @@ class System:
     output: Path
     metrics: dict
     size: dict
+    evaluation: dict | None = None  # evaluation.json of evaluation-set outputs; None: the development test split's
 
 
-def _system(variant_dir: Path, label: str | None) -> System:
+def _evaluation_output(variant: VariantDir) -> tuple[Path, dict]:
+    """The variant's evaluation-set output and its record, checked against the variant's model file."""
+    evaluation = variant.evaluation
+    if not evaluation.finished:
+        raise UserError(f"{evaluation.path}: no evaluation-set outputs (run `dcase-effdl evaluate {variant.path.parent} "
+                        "--data EVALSET` first, or pass --outputs development)")
+    info, output = evaluation.info(), evaluation.output
+    if output is None:
+        raise UserError(f"{evaluation.path}: evaluation.json but no <label>.output.csv; run evaluate again")
+    if info["model_sha256"] != file_sha256(variant.model_path):
+        raise UserError(f"{output}: made by an older {variant.model_path.name} (the variant was made again since); "
+                        "run evaluate again")
+    return output, info
+
+
+def _system(variant_dir: Path, label: str | None, outputs: str = "auto") -> System:
     variant = VariantDir(variant_dir)
     if not variant_dir.is_dir():
         raise UserError(f"{variant_dir}: variant folder not found (give RUNDIR/VARIANT, e.g. runs/quickstart/float16)")
+    if outputs not in OUTPUTS:
+        raise UserError(f"outputs must be one of {', '.join(OUTPUTS)}, got '{outputs}'")
     if variant.output is None:
         raise UserError(f"{variant_dir}: no <label>.output.csv (has this variant finished?)")
+    output, evaluation = variant.output, None
+    if outputs == "evaluation" or (outputs == "auto" and variant.evaluation.finished):
+        output, evaluation = _evaluation_output(variant)
     label = label or variant.label
     report = Report(str(variant_dir))
     if not check_label(label, str(variant_dir), None, report):
@@ -134,7 +160,7 @@ def _system(variant_dir: Path, label: str | None) -> System:
     for key in ("accuracy", "log_loss", "class_wise"):
         if metrics.get(key) is None:
             raise UserError(f"{variant.metrics_path}: no '{key}' (results on labelled development data are required)")
-    return System(variant_dir, label, variant.output, metrics, variant.size())
+    return System(variant_dir, label, output, metrics, variant.size(), evaluation)
 
 
 def _run_description(run: RunDir) -> dict:
@@ -145,9 +171,23 @@ def _run_description(run: RunDir) -> dict:
 
 
 def _expected_files(systems: list[System], dataset: str | Path | None) -> tuple[list[str], str]:
-    """File names the outputs must cover: --dataset, else the run's dataset, else the evaluation set."""
+    """File names the outputs must cover: --dataset; else, for evaluation-set outputs, the set they were
+    made on; else the run's dataset's test split; else the 2020 evaluation set."""
+    if len({s.evaluation is None for s in systems}) > 1:
+        raise UserError("some variants have evaluation-set outputs and some do not; a package holds one set's outputs "
+                        "(run evaluate for all of them, or pass --outputs development)")
     if dataset is not None:
         return dataset_test_files(dataset), f"test split of {dataset}"
+    if systems[0].evaluation is not None:
+        roots = sorted({s.evaluation["data"] for s in systems})
+        if len(roots) > 1:
+            raise UserError(f"the variants' evaluation-set outputs come from different sets ({', '.join(roots)})")
+        root = Path(roots[0])
+        if (root / "evaluation_setup" / "fold1_test.csv").is_file():
+            return dataset_test_files(root), f"the evaluation set {root}"
+        if systems[0].evaluation["n_clips"] == EVAL_FILE_COUNT:
+            return evaluation_set_files(), "the 2020 3Class evaluation set"
+        raise UserError(f"{root}: the evaluation set the outputs were made on is not there any more; pass --dataset DIR")
     root = Path(VariantDir(systems[0].variant_dir).run.recipe().dataset.root)
     if (root / "evaluation_setup" / "fold1_test.csv").is_file():
         return dataset_test_files(root), f"test split of {root}"
@@ -198,6 +238,7 @@ class Package:
     labels: list[str]
     expected: str  # which file list the outputs were checked against
     report: Report
+    outputs: str = "evaluation set"  # the outputs it holds: of the evaluation set or of the development test split
 
 
 def _stage_and_move(systems: list[System], out_dir: Path, info: SubmissionInfo | None, team: tuple[str, str],
@@ -246,15 +287,21 @@ def build_package(
     labels: list[str] | None = None,
     info: SubmissionInfo | None = None,
     dataset: str | Path | None = None,
+    outputs: str = "auto",
 ) -> Package:
-    """Build, validate, then write the package; raises UserError (writing nothing) if it is invalid."""
+    """Build, validate, then write the package; raises UserError (writing nothing) if it is invalid.
+
+    `outputs`: 'evaluation' packages each variant's outputs on an unlabeled evaluation set
+    (`<variant>/evaluation/`, from `dcase-effdl evaluate`), 'development' its test-split outputs,
+    'auto' the evaluation ones where the variants have them. meta.yaml's results are the
+    development results (metrics.json) either way."""
     out_dir = Path(out_dir)
     variant_dirs = [Path(p) for p in variant_dirs]
     if not 1 <= len(variant_dirs) <= MAX_SYSTEMS:
         raise UserError(f"a package holds 1 to {MAX_SYSTEMS} systems, got {len(variant_dirs)} variant folders")
     if labels and len(labels) != len(variant_dirs):
         raise UserError(f"{len(labels)} --label values for {len(variant_dirs)} variant folders: give one per variant")
-    systems = [_system(d, labels[i] if labels else None) for i, d in enumerate(variant_dirs)]
+    systems = [_system(d, labels[i] if labels else None, outputs) for i, d in enumerate(variant_dirs)]
     seen = [s.label for s in systems]
     dup = next((lab for i, lab in enumerate(seen) if lab in seen[:i]), None)
     if dup:
@@ -292,5 +339,10 @@ def build_package(
                 z.write(member, f"{root}/{member.relative_to(out_dir).as_posix()}")
         if info is not None and info.technical_report and pdf.is_file():
             z.write(pdf, f"{root}/{pdf.relative_to(out_dir).as_posix()}")
+    if systems[0].evaluation is None:
+        report.warn(str(zip_path), None, "development test-split outputs: a DCASE submission holds the outputs on the "
+                                         "evaluation set (the official checker reads only its names, audio/N.wav); run "
+                                         "`dcase-effdl evaluate RUN --data EVALSET`, then submit again")
     report.package = str(zip_path)
-    return Package(out_dir, zip_path, [s.label for s in systems], expected_what, report)
+    packaged = "development test split" if systems[0].evaluation is None else "evaluation set"
+    return Package(out_dir, zip_path, [s.label for s in systems], expected_what, report, packaged)
