@@ -6,12 +6,14 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dcase_effdl.cli import main
 from dcase_effdl.errors import UserError
 from dcase_effdl.reporting.leaderboard import rank_rows
 from dcase_effdl.reporting.published import format_leaderboard, load_published, merged_rows, published_rows
+from dcase_effdl.rundir import VariantDir
 from fake_run import make_dataset, make_run
 
 
@@ -146,6 +148,27 @@ def test_merged_ranking_and_marks(run):
     assert "| 89.5 |" in line and "| 450.07 |" in line and "| published | evaluation set |" in line
     own_line = next(x for x in md.splitlines() if "Lastname_INST_task1b_1" in x)
     assert "| own | development test split |" in own_line and "| 140,000 | 140,000 | 0.000 |" in own_line
+
+
+def test_own_rows_say_which_set_their_accuracy_is_on(run, tmp_path):
+    # float32 evaluated on an unlabeled evaluation-layout set, as `dcase-effdl evaluate` leaves it.
+    names = make_dataset(tmp_path / "eval", n_clips=6, numbered=True)
+    variant = VariantDir(run / "float32")
+    variant.model_path.write_bytes(b"model")
+    variant.evaluation.write(variant.label, names, np.full((6, 3), 1 / 3), ["indoor", "outdoor", "transportation"],
+                             tmp_path / "eval", variant.model_path)
+    rows = merged_rows([run], "dcase2020_task1b")
+    own = [(r["label"], r["set"], r["accuracy"] is None, r["rank"] is None) for r in rows if r["origin"] == "own"]
+    assert sorted(own) == [("Lastname_INST_task1b_1", "development test split", False, False),
+                           ("Lastname_INST_task1b_1", "evaluation set: no labels", True, True),
+                           ("Lastname_INST_task1b_2", "development test split", False, False)]
+    assert rows[-1]["set"] == "evaluation set: no labels"  # no accuracy: not ranked, listed last
+    evaluation = rows[-1]
+    assert evaluation["log_loss"] is None and evaluation["size_kb"] == pytest.approx(546.88, abs=0.005)
+    md = format_leaderboard(rows, "md")
+    assert md.splitlines()[-5] == ("|  | **Lastname_INST_task1b_1** |  |  |  |  | 140,000 | 140,000 | 0.000 | 546.88 * |  "
+                                   "| own | evaluation set: no labels |")
+    assert "outputs on an unlabeled evaluation set (no labels, so no accuracy)" in md
 
 
 def test_csv_and_html_formats(run):

@@ -21,6 +21,7 @@ from typing import Any
 
 from dcase_effdl.errors import UserError
 from dcase_effdl.reporting.leaderboard import format_rows, rank_rows, rows_from_run
+from dcase_effdl.rundir import VariantDir
 from dcase_effdl.task import KB, SIZE_LIMIT_BYTES
 
 PUBLISHED = {"dcase2020_task1b": "dcase2020_task1b_results.csv"}
@@ -133,18 +134,21 @@ def published_rows(name: str = "dcase2020_task1b", accuracy: str = "eval") -> li
 
 
 def own_rows(run_dirs: list[str | Path]) -> list[dict]:
-    """Rows of every finished variant of each run folder, marked as own results."""
+    """Rows of every finished variant of each run folder, marked as own results, with the data they are on.
+
+    A variant's row scores its development test split (metrics.json). A variant that `evaluate` ran on
+    an unlabeled evaluation set (`<variant>/evaluation/`) also gets a row for those outputs: its size,
+    no accuracy or log loss (the set has no labels), so it is never ranked beside published
+    evaluation-set accuracies with a development number.
+    """
     rows = []
     for run_dir in run_dirs:
         for row in rows_from_run(run_dir):
-            rows.append(dict(
-                row,
-                label=row.get("label") or f"{row['run']}/{row['variant']}",
-                technical_report=None,
-                official_rank=None,
-                origin="own",
-                set=OWN_SET,
-            ))
+            own = dict(row, label=row.get("label") or f"{row['run']}/{row['variant']}", technical_report=None,
+                       official_rank=None, origin="own", set=OWN_SET)
+            rows.append(own)
+            if VariantDir(Path(run_dir) / row["variant"]).evaluation.finished:
+                rows.append(dict(own, rank=None, accuracy=None, log_loss=None, set=OWN_EVALUATION_SET))
     return rows
 
 
@@ -162,8 +166,8 @@ def merged_rows(run_dirs: list[str | Path], published: str | None = None, accura
 
 
 PUBLISHED_NOTE = ("Published rows: official DCASE results, numbers as printed there (empty cell = not on file, see "
-                  "the data file's sources); own rows: the 'Accuracy on' column says which data, never the official "
-                  "evaluation set's labels.")
+                  "the data file's sources). Own rows: 'Accuracy on' says which data: the run's development test "
+                  "split, or outputs on an unlabeled evaluation set (no labels, so no accuracy).")
 ROUNDED_NOTE = "k, M: counts the official table prints rounded (345k = 345 thousand, 3M = 3 million)."
 
 
