@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from dcase_effdl import __version__
 from dcase_effdl.config import FeatureConfig, Recipe, load_recipe, to_dict
 from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
+from dcase_effdl.files import atomic_write
 from dcase_effdl.models import ModelSpec
 from dcase_effdl.task import CLASSES
 
@@ -194,18 +195,11 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, feat: FeatureConfig, digest: 
 
 
 @dataclass(frozen=True)
-class VariantPlan:
-    name: str
-    label: str
-    steps: list  # the variant's compression steps as typed configs (compress.StepConfig)
-
-
-@dataclass(frozen=True)
 class Plan:
     """A recipe resolved into typed configs and checked, before any data or run folder is touched."""
 
     spec: ModelSpec
-    variants: list[VariantPlan]
+    steps: list[list]  # per variant (the recipe's order): its compression steps, compress.StepConfig each
 
 
 def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
@@ -216,7 +210,7 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
     from dcase_effdl.compress.apply import dry_run
     from dcase_effdl.compress.size import get_policy
     from dcase_effdl.models import model_params
-    from dcase_effdl.training.loop import check_crop, check_options
+    from dcase_effdl.training.options import check_crop, check_options
 
     if recipe.dataset.kind == "digits":
         from dcase_effdl.data.digits import INPUT_SHAPE, N_CLASSES
@@ -232,9 +226,7 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
         get_policy(recipe.size_policy)
         model = spec.build().eval()
         with torch.no_grad():
-            out = model(torch.zeros(2, *shape))
-        if tuple(out.shape) != (2, n_classes):
-            raise UserError(f"model '{spec.family}' gives outputs {tuple(out.shape[1:])}, not {n_classes} logits")
+            model(torch.zeros(2, *shape))
         check_options(recipe.train, shape)
         check_crop(model, recipe.train, shape)
     except UserError as exc:
@@ -242,12 +234,10 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
     except RuntimeError as exc:
         raise UserError(f"{source}: model '{spec.family}' cannot take inputs of shape {shape} "
                         f"({str(exc).strip().splitlines()[0]})") from None
-    variants = []
-    for i, vc in enumerate(recipe.variants):
-        steps = parse_steps(vc.compress, f"{source}: variants[{i}].compress")
+    plan = Plan(spec, [parse_steps(vc.compress, f"{source}: variants[{i}].compress") for i, vc in enumerate(recipe.variants)])
+    for steps in plan.steps:
         dry_run(model, steps, spec, recipe.size_policy, recipe.train)
-        variants.append(VariantPlan(vc.name, recipe.variant_label(i), steps))
-    return Plan(spec, variants)
+    return plan
 
 
 # ---------------------------------------------------------------- stage 3: training
@@ -284,9 +274,7 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: P
     log(f"[train] best epoch {history.best_epoch}: validation macro accuracy {row.get('val_accuracy', float('nan')):.1f} %")
     if not current().is_main:
         return model.eval()
-    tmp = best.with_name("best.tmp.safetensors")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, best)
+    atomic_write(best, save({k: v.contiguous() for k, v in model.state_dict().items()}))
     return model.eval()
 
 
@@ -333,15 +321,15 @@ def make_variants(recipe: Recipe, plan: Plan, parent: torch.nn.Module, bundle: D
     from dcase_effdl.compress import apply_steps
 
     results = []
-    for vp in plan.variants:
-        variant_dir = run_dir / vp.name
+    for i, (vc, steps) in enumerate(zip(recipe.variants, plan.steps)):
+        variant_dir = run_dir / vc.name
         variant_dir.mkdir(exist_ok=True)
-        log(f"[{vp.name}] compress: {' -> '.join(s.method for s in vp.steps) or 'none'}")
-        variant = apply_steps(parent, vp.steps, make_context(recipe, bundle, spec, run_dir, vp.name))
+        log(f"[{vc.name}] compress: {' -> '.join(s.method for s in steps) or 'none'}")
+        variant = apply_steps(parent, steps, make_context(recipe, bundle, spec, run_dir, vc.name))
         variant.save(variant_dir / "model.safetensors")
-        results.append(write_variant_outputs(variant_dir, vp.label, variant, bundle, recipe))
+        results.append(write_variant_outputs(variant_dir, recipe.variant_label(i), variant, bundle, recipe))
         m, s = results[-1].metrics, results[-1].size
-        log(f"[{vp.name}] macro accuracy {m['accuracy']:.1f} %, log loss {m['log_loss']:.3f}, "
+        log(f"[{vc.name}] macro accuracy {m['accuracy']:.1f} %, log loss {m['log_loss']:.3f}, "
             f"{s['size_kb']:.2f} KB")
     return results
 
