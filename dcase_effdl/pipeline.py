@@ -244,11 +244,11 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
 
 
 def train_parent(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: Path, resume: bool = False,
-                 run_hash: str | None = None) -> torch.nn.Module:
+                 run_hash: str | None = None, restart: bool = False) -> torch.nn.Module:
     """Train the float32 parent, or load it when this run folder already finished training.
 
-    `resume` continues from train/last.pt (written every epoch); under torchrun every rank trains
-    and rank 0 alone writes.
+    `resume` continues from train/last.pt (written every epoch), `restart` starts over and keeps the
+    old one as last.pt.bak; under torchrun every rank trains and rank 0 alone writes.
     """
     from dcase_effdl.training.distributed import current
     from dcase_effdl.training.loop import fit, seed_everything
@@ -264,6 +264,10 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: P
         except Exception as exc:  # safetensors raises several types for a damaged file
             raise UserError(f"{best}: cannot be read ({exc}); delete it to retrain") from None
         return model.eval()
+    last = train_dir / "last.pt"
+    if restart and last.is_file() and current().is_main:
+        os.replace(last, last.with_name("last.pt.bak"))
+        log(f"[train] starting over; the unfinished training's checkpoint is kept as {last}.bak")
     bn = (torch.nn.modules.batchnorm._BatchNorm,)
     n_bn = sum(p.numel() for m in model.modules() if isinstance(m, bn) for p in m.parameters(recurse=False))
     n_params = sum(p.numel() for p in model.parameters()) - n_bn
@@ -357,8 +361,9 @@ def write_pictures(run_dir: Path) -> None:
 
 
 def run(recipe_path: str | Path, data: str | None = None, out: str | None = None, overrides: list[str] = (),
-        resume: bool = False) -> Path:
-    """Run a recipe end to end and return its run folder (`resume`: continue train/last.pt).
+        resume: bool = False, restart: bool = False) -> Path:
+    """Run a recipe end to end and return its run folder (`resume`: continue train/last.pt; `restart`:
+    train again from epoch 1, keeping the old checkpoint as last.pt.bak).
 
     Under `torchrun --nproc_per_node N -m dcase_effdl run RECIPE` the N processes train the parent
     together (DistributedDataParallel); rank 0 alone prepares features first, writes files and
@@ -372,6 +377,10 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
         torch.set_num_threads(recipe.train.threads)
     run_dir = Path(out) if out else Path(recipe.out_dir) / recipe.name
     data_root = data if data is not None else recipe.dataset.root
+    last = run_dir / "train" / "last.pt"
+    if last.is_file() and not (run_dir / "train" / "best.safetensors").is_file() and not (resume or restart):
+        raise UserError(f"{last}: this run folder holds an unfinished training; continue it with --resume, or start "
+                        "over with --restart (which keeps it as last.pt.bak)")
 
     ctx = distributed.setup(recipe.train.device)
     digest = config_hash(recipe, feat, data_root)
@@ -385,7 +394,7 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
     # The data's class count and shape rule (a TAU-layout dataset may have other classes than the task's).
     spec = replace(plan.spec, n_classes=bundle.n_classes, in_channels=bundle.input_shape[0],
                    n_mels=bundle.input_shape[1], n_frames=bundle.input_shape[2])
-    parent = train_parent(recipe, bundle, spec, run_dir, resume=resume, run_hash=digest)
+    parent = train_parent(recipe, bundle, spec, run_dir, resume=resume, run_hash=digest, restart=restart)
     distributed.teardown()
     if not ctx.is_main:
         return run_dir
