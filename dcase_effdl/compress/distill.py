@@ -37,6 +37,7 @@ from dcase_effdl.compress.registry import StepConfig, register_method
 from dcase_effdl.compress.storage import require_not
 from dcase_effdl.compress.surgery import weight_layers
 from dcase_effdl.errors import UserError
+from dcase_effdl.rundir import RunDir, VariantDir
 from dcase_effdl.training.loop import FineTune, predict_logits
 
 INLINE_KEYS = {"model", "params", "epochs", "lr"}
@@ -67,7 +68,7 @@ def data_digest(*tensors: torch.Tensor) -> str:
 def resolve_teacher_file(entry: str, where: str) -> Path:
     """A variant file, a variant folder (model.safetensors) or a run folder (float32/model.safetensors)."""
     path = Path(entry)
-    for candidate in (path, path / "model.safetensors", path / "float32" / "model.safetensors"):
+    for candidate in (path, VariantDir(path).model_path, RunDir(path).variant("float32").model_path):
         if candidate.is_file():
             return candidate
     raise UserError(f"{where}: teacher '{entry}' is not a variant file, variant folder or run folder with float32/model.safetensors")
@@ -140,19 +141,6 @@ def _cached(ctx, key: str, compute) -> tuple[torch.Tensor, bool]:
     return logits, False
 
 
-def _train_settings(ctx) -> Any:
-    """The run's `train` section (from parent_dir/config.yaml) for the inline teacher's cache key."""
-    import yaml
-
-    path = Path(ctx.parent_dir) / "config.yaml" if ctx.parent_dir is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("train")
-    except yaml.YAMLError:
-        return None
-
-
 def teacher_logits(cfg: DistillConfig, ctx) -> list[torch.Tensor]:
     """Logits (N_train, n_classes) of each teacher on ctx.bundle.x_train, cached by content."""
     from dcase_effdl.compress.variant import load_variant
@@ -167,8 +155,10 @@ def teacher_logits(cfg: DistillConfig, ctx) -> list[torch.Tensor]:
         if spec is None:
             raise UserError(f"{cfg.where}: an inline teacher needs the model spec (input shape, classes)")
         t = cfg.teacher
+        # The train settings behind `fine_tune` are not in the key: the pipeline's work_dir lies in a run
+        # folder, whose config hash (train section included) refuses a run with other settings.
         ident = {"inline": t, "seed": ctx.seed, "shape": [spec.n_classes, *spec.input_shape],
-                 "train": _train_settings(ctx), "val": data_digest(bundle.x_val, bundle.y_val, bundle.y_train)}
+                 "val": data_digest(bundle.x_val, bundle.y_val, bundle.y_train)}
         key = hashlib.sha256((json.dumps(ident, sort_keys=True, default=str) + data_key).encode()).hexdigest()[:24]
 
         def compute():
