@@ -23,7 +23,7 @@ import torch
 
 from dcase_effdl.config import load_recipe
 from dcase_effdl.pipeline import prepare_data, resolve
-from dcase_effdl.training.loop import fit
+from dcase_effdl.training.loop import FineTune, fit
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     model = spec.build()
     cfg = recipe.train
     cfg.device = "cpu"
-    history = fit(model, bundle, cfg, seed=recipe.seed, epochs=args.epochs + 1, desc="benchmark")
+    history = fit(model, bundle, cfg, seed=recipe.seed, tune=FineTune(epochs=args.epochs + 1), desc="benchmark")
     rows = history.epochs[1:]  # the first epoch warms up allocators and kernels
     n = len(bundle.x_train)
     train_s = statistics.median(r["train_seconds"] for r in rows)

@@ -35,14 +35,9 @@ import yaml
 
 from dcase_effdl import safe_yaml
 from dcase_effdl.errors import UserError
+from dcase_effdl.task import ABBREVIATION_MAX, CLASSES, EVAL_FILE_COUNT, LABEL_FORMAT, LABEL_RE, MAX_SYSTEMS, SIZE_LIMIT_KB, TASK
 
-TASK = "task1b"
-CLASSES = ["indoor", "outdoor", "transportation"]  # alphabetical: the column order of the output
 OUTPUT_FIELDS = ["filename", "scene_label", *CLASSES]
-EVAL_FILE_COUNT = 8640  # TAU Urban Acoustic Scenes 2020 3Class, evaluation set: audio/0.wav ... audio/8639.wav
-MAX_SYSTEMS = 4
-ABBREVIATION_MAX = 10  # characters
-SIZE_LIMIT_KB = 500.0  # non-zero parameters, KB = 1024 B (2020 Task 1B rule)
 SUM_TOLERANCE = 1e-3  # |sum of a row's probabilities - 1|; printed values with 6 decimals are far inside
 MAX_LISTED = 5  # names shown in a summary line (missing files)
 
@@ -58,10 +53,6 @@ DESCRIPTION_FIELDS = [
 COMPLEXITY_FIELDS = ["total_parameters", "total_parameters_non_zero", "model_size"]
 EXTERNAL_DATASET_FIELDS = ["name", "url", "total_audio_length"]
 RESULT_FIELDS = ["accuracy", "logloss"]
-
-_PART = r"[^\W_](?:[^\W_]|-)*"  # letters/digits, hyphens inside (e.g. Lopez-Meyer); no underscore
-LABEL_RE = re.compile(rf"^(?P<lastname>{_PART})_(?P<institute>{_PART})_(?P<task>task\d[a-z]?)_(?P<index>\d+)$")
-LABEL_FORMAT = f"Lastname_INST_{TASK}_N with N = 1..{MAX_SYSTEMS}"
 
 
 @dataclass
