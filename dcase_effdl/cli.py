@@ -41,7 +41,7 @@ def cmd_make_dataset(args) -> int:
 def cmd_run(args) -> int:
     from dcase_effdl.pipeline import run
 
-    run(args.recipe, data=args.data, out=args.out, overrides=args.set, resume=args.resume)
+    run(args.recipe, data=args.data, out=args.out, overrides=args.set, resume=args.resume, restart=args.restart)
     return 0
 
 
@@ -203,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root (replaces the recipe's dataset.root)")
     p.add_argument("--out", help="run folder (default: <out_dir>/<recipe name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted training from <run>/train/last.pt")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted training from <run>/train/last.pt")
+    again.add_argument("--restart", action="store_true", help="train an interrupted run again from epoch 1 "
+                       "(the old train/last.pt is kept as last.pt.bak)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", help="evaluate a finished run on fold1_evaluate of another dataset")
