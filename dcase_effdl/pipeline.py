@@ -145,17 +145,12 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
     from dcase_effdl.compress import parse_steps
     from dcase_effdl.compress.apply import dry_run
     from dcase_effdl.compress.size import get_policy
+    from dcase_effdl.data.digits import INPUT_SHAPE, N_CLASSES
+    from dcase_effdl.features.logmel import feature_shape
     from dcase_effdl.models import model_params
     from dcase_effdl.training.options import check_crop, check_options
 
-    if recipe.dataset.kind == "digits":
-        from dcase_effdl.data.digits import INPUT_SHAPE, N_CLASSES
-
-        n_classes, shape = N_CLASSES, INPUT_SHAPE
-    else:
-        from dcase_effdl.features.logmel import feature_shape
-
-        n_classes, shape = len(CLASSES), feature_shape(feat)
+    n_classes, shape = (N_CLASSES, INPUT_SHAPE) if recipe.dataset.kind == "digits" else (len(CLASSES), feature_shape(feat))
     params = model_params(recipe.model.name, recipe.model.params, source, "model.params")
     spec = ModelSpec(recipe.model.name, params, n_classes, *shape)
     try:
@@ -204,8 +199,8 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: P
     if restart and last.is_file() and current().is_main:
         os.replace(last, last.with_name("last.pt.bak"))
         log(f"[train] starting over; the unfinished training's checkpoint is kept as {last}.bak")
-    bn = (torch.nn.modules.batchnorm._BatchNorm,)
-    n_bn = sum(p.numel() for m in model.modules() if isinstance(m, bn) for p in m.parameters(recurse=False))
+    n_bn = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               for p in m.parameters(recurse=False))
     n_params = sum(p.numel() for p in model.parameters()) - n_bn
     log(f"[train] {spec.family}: {n_params:,} parameters (+ {n_bn:,} batch norm), {recipe.train.epochs} epochs, "
         f"{len(bundle.x_train)} train / {len(bundle.x_val)} validation clips")

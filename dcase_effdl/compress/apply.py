@@ -93,11 +93,8 @@ def apply_steps(model: nn.Module, steps: list[StepConfig], ctx: CompressContext)
 
 
 def dry_run(model: nn.Module, steps: list[StepConfig], spec: ModelSpec, size_policy: str, train: TrainConfig) -> None:
-    """Apply `steps` to a copy of `model` on four random inputs of the data's shape, training nothing.
-
-    What the steps can check without data fails here, before any data is touched: their order
-    (int8 after binary), the layers they pick, pruning targets, teachers, fine-tuning settings.
-    """
+    """Apply `steps` to a copy of `model` on four random inputs of the data's shape, training nothing: their
+    order (int8 after binary), the layers they pick, pruning targets, teachers and fine-tuning settings fail here."""
     x = torch.randn(4, *spec.input_shape)
     y = torch.arange(4) % spec.n_classes
     bundle = DataBundle([str(c) for c in range(spec.n_classes)], x, y, x, y, x, y, ["dry-run"] * 4)

@@ -13,6 +13,7 @@ are (batch, in_channels, n_mels, n_frames); the network returns logits.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,25 +23,16 @@ from dcase_effdl.config import Registry, to_dict
 from dcase_effdl.errors import UserError
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str
-    config_cls: type
-    build: Callable[..., nn.Module]
-
-
+Family = namedtuple("Family", "name config_cls build")  # build(cfg, *, n_classes, in_channels, n_mels, n_frames)
 FAMILIES = Registry("model", [
     "dcase_effdl.models.baseline", "dcase_effdl.models.small_cnn", "dcase_effdl.models.cp_resnet",
     "dcase_effdl.models.preact_resnet", "dcase_effdl.models.mobilenet",
 ], key_word="parameter")
 
 
-def register(name: str, config_cls: type):
-    def deco(fn: Callable[..., nn.Module]):
-        FAMILIES.add(Family(name, config_cls, fn))
-        return fn
-
-    return deco
+def register(name: str, config_cls: type) -> Callable:
+    """Decorator binding the network class (or builder) of family `name` to its knobs' dataclass."""
+    return lambda build: FAMILIES.add(Family(name, config_cls, build)).build
 
 
 def available() -> list[str]:

@@ -176,6 +176,7 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
     best, history = BestEpoch(tune.eligible), History()
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "swa": swa, "best": best,
              "history": history}
+    loss_of = tune.loss_fn or (lambda logits, y, idx: augment.soft_cross_entropy(logits, y, cfg.label_smoothing))
     start_epoch = 1
     if resume and checkpoint is not None and checkpoint.path.is_file():
         start_epoch = checkpoint.resume(parts, device) + 1
@@ -199,10 +200,7 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
             data_seconds += time.perf_counter() - t0
             with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
                 logits = train_model(x)
-            if tune.loss_fn is not None:
-                loss = tune.loss_fn(logits.float(), y, idx_local)
-            else:
-                loss = augment.soft_cross_entropy(logits.float(), y, cfg.label_smoothing)
+            loss = loss_of(logits.float(), y, idx_local)
             # DDP averages gradients over ranks; weigh each rank's mean by its share of the global batch.
             scale = len(idx_local) * ctx.world_size / len(idx) if ctx.active else 1.0
             optimizer.zero_grad(set_to_none=True)
