@@ -124,23 +124,18 @@ def stand_in_weights(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def _no_training_context(spec, size_policy: str, seed: int):
-    """A compression context whose fine-tuning trains nothing and whose data are two random inputs."""
+def _no_training_context(spec, recipe):
+    """A compression context that trains nothing (`dry_run`: a step's size effect, its target and its
+    storage format, needs no training) and whose data are two random inputs of the features' shape."""
     from dcase_effdl.compress import CompressContext
     from dcase_effdl.data.bundle import DataBundle
-    from dcase_effdl.training.loop import History
 
-    class NoTraining(CompressContext):
-        """Fine-tuning is a no-op: a step's size effect (its target, its storage format) needs no training."""
-
-        def need_fine_tune(self, where, what):
-            return lambda model, tune: History()
-
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(recipe.seed)
     x = torch.randn(2, *spec.input_shape, generator=g)
     y = torch.arange(2) % spec.n_classes
     bundle = DataBundle([str(c) for c in range(spec.n_classes)], x, y, x, y, x, y, ["random"] * 2)
-    return NoTraining(bundle=bundle, model_spec=spec, size_policy=size_policy, seed=seed)
+    return CompressContext(bundle=bundle, train=recipe.train, model_spec=spec, size_policy=recipe.size_policy,
+                           seed=recipe.seed, dry_run=True)
 
 
 def reproduce_variant(recipe_path: str | Path, variant: str) -> dict:
@@ -162,7 +157,7 @@ def reproduce_variant(recipe_path: str | Path, variant: str) -> dict:
     vp = plan.variants[names.index(variant)]
     torch.manual_seed(recipe.seed)
     model = stand_in_weights(plan.spec.build().eval(), recipe.seed)
-    compressed = apply_steps(model, vp.steps, _no_training_context(plan.spec, recipe.size_policy, recipe.seed))
+    compressed = apply_steps(model, vp.steps, _no_training_context(plan.spec, recipe))
     report = size_report(compressed.module, policy=recipe.size_policy)  # the module: no MAC count needed here
     report["label"] = vp.label
     report["complexity_management"] = compressed.complexity_management
