@@ -151,15 +151,15 @@ def reproduce_variant(recipe_path: str | Path, variant: str) -> dict:
     recipe_path = Path(recipe_path)
     recipe, feat = load_recipe(recipe_path)
     plan = resolve(recipe, feat, str(recipe_path))
-    names = [v.name for v in plan.variants]
+    names = [v.name for v in recipe.variants]
     if variant not in names:
         raise UserError(f"{recipe_path}: no variant '{variant}' (variants: {', '.join(names)})")
-    vp = plan.variants[names.index(variant)]
+    i = names.index(variant)
     torch.manual_seed(recipe.seed)
     model = stand_in_weights(plan.spec.build().eval(), recipe.seed)
-    compressed = apply_steps(model, vp.steps, _no_training_context(plan.spec, recipe))
+    compressed = apply_steps(model, plan.steps[i], _no_training_context(plan.spec, recipe))
     report = size_report(compressed.module, policy=recipe.size_policy)  # the module: no MAC count needed here
-    report["label"] = vp.label
+    report["label"] = recipe.variant_label(i)
     report["complexity_management"] = compressed.complexity_management
     return report
 
