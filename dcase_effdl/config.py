@@ -1,7 +1,7 @@
 """Strict YAML -> dataclass loading: unknown keys and wrong types are errors naming file and key path.
 
 Recipes (`recipes/*.yaml`) and feature definitions (`features/*.yaml`) are plain data. Nothing in a
-file is ever executed (`yaml.safe_load`), and `--set a.b=value` overrides pass the same checks.
+file is ever executed (safe_yaml: plain data, bounded in size, depth and alias expansion), and `--set a.b=value` overrides pass the same checks.
 Model families and compression methods bind their knobs' dataclasses to names in a `Registry`.
 """
 
@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
-
+from dcase_effdl import safe_yaml
 from dcase_effdl.errors import UserError
 from dcase_effdl.task import LABEL_FORMAT, LABEL_RE, SAFE_NAME_RE
 
@@ -28,24 +27,9 @@ from dcase_effdl.task import LABEL_FORMAT, LABEL_RE, SAFE_NAME_RE
 
 
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping from `path`; any problem is a UserError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
+    """Read a YAML mapping from `path`, bounded in size, depth and alias expansion (safe_yaml);
+    any problem is a UserError naming the file."""
+    return safe_yaml.read_mapping(path)
 
 
 def _type_name(tp: Any) -> str:
@@ -175,9 +159,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {text}: expected KEY=VALUE, e.g. train.epochs=2")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
+        value = safe_yaml.loads(raw, f"--set {key}") if raw != "" else ""
+    except safe_yaml.BadYAML:
+        value = raw  # not YAML: the text itself, which the type check then judges
     return key.strip().split("."), value
 
 

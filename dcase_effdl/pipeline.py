@@ -231,7 +231,7 @@ def make_context(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: P
     work_dir.mkdir(exist_ok=True)
     return CompressContext(
         bundle=bundle, train=recipe.train, model_spec=spec, size_policy=recipe.size_policy, seed=recipe.seed,
-        log=lambda m: log(f"[{variant_name}] {m}"), work_dir=work_dir, parent_dir=run_dir, name=variant_name,
+        log=lambda m: log(f"[{variant_name}] {m}"), work_dir=work_dir, name=variant_name,
     )
 
 

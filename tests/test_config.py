@@ -43,6 +43,22 @@ def test_malformed_yaml_gives_line(tmp_path):
         read_yaml(path)
 
 
+def test_recipe_alias_bomb_is_refused_before_it_expands(tmp_path):
+    # Recipes are read through safe_yaml: nine levels of nine aliases (387 million values) are one line.
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    path = write(tmp_path, "name: x\n" + "\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=r"r\.yaml: YAML refused \(line \d+, column \d+\): .* more than the 100,000 allowed"):
+        load_recipe(path)
+
+
+def test_override_value_is_bounded_yaml_or_plain_text():
+    from dcase_effdl.config import parse_override
+
+    assert parse_override("train.epochs=3") == (["train", "epochs"], 3)
+    assert parse_override("name=[unclosed") == (["name"], "[unclosed")  # not YAML: the text itself
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="nope.yaml: file not found"):
         read_yaml(tmp_path / "nope.yaml")

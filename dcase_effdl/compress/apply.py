@@ -35,7 +35,6 @@ class CompressContext:
     seed: int = 0
     log: Callable[[str], None] = field(default=lambda message: None)
     work_dir: Path | None = None
-    parent_dir: Path | None = None
     name: str = "variant"
     dry_run: bool = False
 
