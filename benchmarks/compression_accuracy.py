@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/bench_compression_accuracy")
     args = parser.parse_args(argv)
 
+    from dcase_effdl.machine import describe
     from dcase_effdl.pipeline import run
+    from dcase_effdl.rundir import VariantDir
 
     if not Path(args.data).is_dir():
         print(f"{args.data}: data folder not found (give --data)")
@@ -75,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         write_recipe(recipe, seed, args.epochs, Path(args.features).resolve(), args.fine_tune_epochs)
         run(recipe, data=args.data, out=str(out))
         for v in VARIANTS:
-            metrics = json.loads((out / v["name"] / "metrics.json").read_text())
-            size = json.loads((out / v["name"] / "size.json").read_text())
+            variant = VariantDir(out / v["name"])
+            metrics, size = variant.metrics(), variant.size()
             results.setdefault(v["name"], []).append({"accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"],
                                                       "size_kb": size["size_kb"]})
 
     parent = [r["accuracy"] for r in results["float32"]]
+    print("\n" + describe())
     print(f"\nCompression accuracy cost on {args.data} ({len(args.seeds)} seed(s), {args.epochs} epochs, "
           f"fine-tuning {args.fine_tune_epochs} epochs); target: within {abs(TARGET_PP)} pp of float32")
     print(f"{'variant':<10} {'macro acc (%)':>14} {'vs float32 (pp)':>16} {'log loss':>9} {'size (KB)':>10}  target")

@@ -29,8 +29,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -174,27 +172,6 @@ def export_revision(rev: str, dest: Path) -> Path:
     return dest
 
 
-def machine() -> dict:
-    """CPU model and vector flags, torch version and thread counts this run used."""
-    import torch
-
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = re.search(r"^model name\s*:\s*(.+)$", text, re.M).group(1).strip()
-        all_flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M).group(1).split()
-        flags = {f for f in all_flags if f == "avx2" or f.startswith(("avx512", "amx")) or "vnni" in f}
-    except (OSError, AttributeError):
-        pass
-    return {
-        "cpu": model, "cpu_flags": " ".join(sorted(flags)) or "(none of avx2/avx512/vnni/amx)",
-        "torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch_threads": torch.get_num_threads(), "cores": os.cpu_count(),
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY",
-                                           "ONEDNN_MAX_CPU_ISA") if k in os.environ},
-    }
-
-
 def same_features(a: dict, b: dict) -> tuple[int, int]:
     """(clips whose stored feature values are identical, clips compared) between two runs' entries."""
     same = sum(np.array_equal(np.load(a[n], allow_pickle=False), np.load(b[n], allow_pickle=False)) for n in a)
@@ -220,6 +197,7 @@ def main(argv=None) -> dict:
     from dcase_effdl.features import logmel as features
     from dcase_effdl.features.audio import load_audio
     from dcase_effdl.config import load_features
+    from dcase_effdl.machine import describe, machine
 
     workdir = Path(args.workdir)
     root = workdir / "tau-bench"
@@ -231,9 +209,7 @@ def main(argv=None) -> dict:
     cfg = load_features(definition)
     result = {"clips": len(names), **machine(), "definition": cfg.name,
               "load_average_start": round(os.getloadavg()[0], 2)}
-    print(f"CPU: {result['cpu']} ({result['cores']} cores), flags: {result['cpu_flags']}; torch {result['torch']} "
-          f"(kernels: {result['torch_cpu_capability']}, {result['torch_threads']} intra-op threads)"
-          + (f", env {result['env']}" if result["env"] else ""))
+    print(describe(result))
     old_root = export_revision(args.old, workdir / "old-package") if args.old else None
 
     best = {"librosa": float("inf"), "new": float("inf"), "old": float("inf")}

@@ -28,6 +28,7 @@ import torch.nn as nn
 from dcase_effdl.compress import CompressContext, apply_steps, parse_steps
 from dcase_effdl.compress.int8 import fold_batch_norm, plan_layers
 from dcase_effdl.data.bundle import DataBundle
+from dcase_effdl.machine import describe
 from dcase_effdl.models import ModelSpec, model_params
 
 
@@ -85,8 +86,8 @@ def main() -> None:
                        CompressContext(bundle=calib, model_spec=spec, size_policy="dcase2020")).module
     fair = float32_fair(model)
 
-    print(f"torch {torch.__version__}, {args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"model {args.model}, input {tuple(args.input)}")
+    print(describe())
+    print(f"model {args.model}, input {tuple(args.input)}")
     for batch in args.batches:
         x = torch.randn(batch, c, f, t)
         x_cl = x.contiguous(memory_format=torch.channels_last)

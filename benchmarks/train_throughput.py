@@ -22,6 +22,7 @@ import time
 import torch
 
 from dcase_effdl.config import load_recipe
+from dcase_effdl.machine import describe
 from dcase_effdl.pipeline import prepare_data, resolve
 from dcase_effdl.training.loop import FineTune, fit
 
@@ -50,6 +51,7 @@ def main() -> None:
     n = len(bundle.x_train)
     train_s = statistics.median(r["train_seconds"] for r in rows)
     data_s = statistics.median(r["data_seconds"] for r in rows)
+    print(describe())
     print(f"recipe {args.recipe}: model {spec.family}, input {tuple(bundle.input_shape)}, batch {cfg.batch_size}, "
           f"{n} training clips, {args.threads} threads (features ready in {prep:.1f} s, not timed)")
     print(f"{'epoch':>5} {'clips/s':>9} {'train s':>8} {'data s':>7} {'data %':>7}")

@@ -3,7 +3,7 @@
     config.yaml          the resolved recipe; dataset.root is the dataset actually used (absolute)
     features.yaml        the feature definition
     config_hash.txt      hash of everything the trained model depends on: the folder's identity
-    environment.json     versions and git commit
+    environment.json     versions, git commit, CPU model and flags, torch kernels and threads
     normalization.json   per-channel, per-band mean and std of the training fold
     train/               best.safetensors, last.pt, history.json (the last two written by training.loop)
     work/                scratch of compression steps (teacher logits)
@@ -35,6 +35,7 @@ import yaml
 from dcase_effdl import __version__
 from dcase_effdl.config import FeatureConfig, Recipe, from_dict, read_yaml, to_dict
 from dcase_effdl.errors import UserError
+from dcase_effdl.machine import machine
 from dcase_effdl.files import atomic_write
 
 LOCK = ".lock"
@@ -93,6 +94,7 @@ def current_environment() -> dict:
         "librosa": metadata.version("librosa"),  # from the installed metadata: importing librosa costs seconds
         "scikit_learn": metadata.version("scikit-learn"),
         "torch_threads": torch.get_num_threads(),
+        **{k: v for k, v in machine().items() if k not in ("torch", "torch_threads")},  # CPU model, flags, kernels
     }
 
 
