@@ -1,8 +1,9 @@
 """Hostile packages (issue 11 S1-S3): zip bombs, lying headers, alias bombs, zip slip; refused fast, small, in one line.
 
-The CLI tests run `dcase-effdl validate` in a subprocess and measure its wall time and peak RSS
-(os.wait4, that child only); the issue's bound is 2 s and 200 MB for a 1.3 MB zip bomb and a 1 KB
-alias bomb. Before the limits, the zip bomb took 1.37 GB and the depth-7 alias bomb 12 s and 1.1 GB.
+The CLI tests run `dcase-effdl validate` in a subprocess and measure its CPU time, wall time and
+peak RSS (os.wait4, that child only); the issue's bound is 2 s and 200 MB for a 1.3 MB zip bomb and
+a 1 KB alias bomb. The 2 s bound is on CPU time (user + system): wall time on a shared 2-core CI
+machine stretches with the load (at load 10 it passed 2 s), so it only has a generous bound. Before the limits, the zip bomb took 1.37 GB and the depth-7 alias bomb 12 s and 1.1 GB.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def test_zip_bomb_is_refused_by_the_cli_within_2_s_and_200_mb(valid_members, zer
         f"error: {bomb}: '{OUTPUT}' would unpack to 1,342,177,280 bytes, over the limit of 2,212,096 for "
         "output.csv files (a zip bomb?); refused"
     ]
-    assert m.wall_s < 2.0 and m.peak_rss_mb < 200, (m.wall_s, m.peak_rss_mb)
+    assert m.cpu_s < 2.0 and m.wall_s < 30 and m.peak_rss_mb < 200, (m.cpu_s, m.wall_s, m.peak_rss_mb)
 
 
 def test_header_that_lies_about_a_size_is_stopped_at_the_limit(valid_members, zeros, tmp_path):
@@ -94,7 +95,7 @@ def test_header_that_lies_about_a_size_is_stopped_at_the_limit(valid_members, ze
     assert m.rc == 1, m.output
     errors = [line for line in m.output.splitlines() if line.startswith("error:")]
     assert errors[0] == f"error: {liar}: damaged file in the zip: {OUTPUT} (Bad CRC-32 for file '{OUTPUT}')"
-    assert m.wall_s < 2.0 and m.peak_rss_mb < 200, (m.wall_s, m.peak_rss_mb)
+    assert m.cpu_s < 2.0 and m.wall_s < 30 and m.peak_rss_mb < 200, (m.cpu_s, m.wall_s, m.peak_rss_mb)
 
 
 def test_too_many_entries_are_refused_before_the_table_is_read(tmp_path):
@@ -149,7 +150,7 @@ def test_alias_bomb_in_meta_yaml_is_refused_by_the_cli_within_2_s_and_200_mb(val
         "10,000 allowed (an alias bomb?)",
         f"{pkg}: 1 problem ({LABEL})",
     ]
-    assert m.wall_s < 2.0 and m.peak_rss_mb < 200, (m.wall_s, m.peak_rss_mb)
+    assert m.cpu_s < 2.0 and m.wall_s < 30 and m.peak_rss_mb < 200, (m.cpu_s, m.wall_s, m.peak_rss_mb)
 
 
 # ---------------------------------------------------------------- S3: zip slip and other names
