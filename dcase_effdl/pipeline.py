@@ -314,6 +314,7 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
     # Rank 0 holds the run folder's lock from before the data work until the last file is written.
     with RunDir(run_dir).lock(log) if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:  # the other ranks wait, then read the features rank 0 cached
+            RunDir(run_dir).check(digest)  # a folder of another configuration is refused before the data work
             bundle = prepare_data(recipe, feat, data)
             RunDir(run_dir).prepare(recipe, feat, digest, data_root)
             RunDir(run_dir).write_normalization(bundle.normalization)

@@ -164,6 +164,16 @@ class RunDir:
 
     # ------------------------------------------------------------ writers
 
+    def check(self, digest: str) -> None:
+        """Refuse a folder of another configuration than `digest`, or a non-empty folder that is not a
+        run folder (cheap: the pipeline asks before any data work, so a wrong --out costs nothing)."""
+        marker = self.path / "config_hash.txt"
+        if marker.is_file() and marker.read_text().strip() != digest:
+            raise UserError(f"{self.path}: holds a run of a different configuration; choose another folder "
+                            "with --out or delete it")
+        if not marker.is_file() and self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir()):
+            raise UserError(f"{self.path}: exists and is not a dcase-effdl run folder; choose another --out")
+
     def prepare(self, recipe: Recipe, feat: FeatureConfig, digest: str, data_root: str | Path) -> None:
         """Stamp the folder with `digest` and write config, features and environment.
 
@@ -171,19 +181,14 @@ class RunDir:
         config.yaml records `data_root`, the dataset actually used (`run --data`), as an absolute path,
         so that later stages (submit, evaluate) find it from any working directory.
         """
-        marker = self.path / "config_hash.txt"
-        if marker.is_file() and marker.read_text().strip() != digest:
-            raise UserError(f"{self.path}: holds a run of a different configuration; choose another folder "
-                            "with --out or delete it")
-        if not marker.is_file() and self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir()):
-            raise UserError(f"{self.path}: exists and is not a dcase-effdl run folder; choose another --out")
+        self.check(digest)
         config = to_dict(recipe)
         if recipe.dataset.kind == "tau":  # the other kinds read no folder
             config["dataset"]["root"] = str(Path(data_root).resolve())
         atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False))
         atomic_write(self.features_path, yaml.safe_dump(to_dict(feat), sort_keys=False))
         write_json(self.path / "environment.json", current_environment())
-        atomic_write(marker, digest + "\n")
+        atomic_write(self.path / "config_hash.txt", digest + "\n")
 
     def write_normalization(self, stats: dict) -> None:
         write_json(self.path / "normalization.json", stats)

@@ -72,6 +72,7 @@ def test_other_config_refuses_the_folder(quick_run):
     assert proc.returncode == 2
     assert "holds a run of a different configuration" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "[features]" not in proc.stdout  # refused before the data work
 
 
 def test_size_json_without_data():
