@@ -128,6 +128,7 @@ def test_packs_to_one_bit_per_weight_in_size_and_file(tmp_path, digits):
     loaded = load_variant(path)
     x = torch.randn(2, 1, 40, 500)
     with torch.no_grad():
+        # Same stored bits, same input shape, same process and threads: the same kernels run, so equal bits.
         assert torch.equal(variant.module(x), loaded.module(x))
 
 
@@ -152,6 +153,7 @@ def test_binary_step_fine_tunes_and_round_trips_exactly(tmp_path, trained_digits
     assert variant.complexity_management == "1-bit weights"
     loaded = load_variant(variant.save(tmp_path / "b.safetensors"))
     with torch.no_grad():
+        # Same stored bits, same input shape, same process and threads: the same kernels run, so equal bits.
         assert torch.equal(variant.module(digits.x_test), loaded.module(digits.x_test))
 
 

@@ -67,6 +67,7 @@ def test_no_steps_round_trip_is_exact(tmp_path):
     path = variant.save(tmp_path / "model.safetensors")
     loaded = load_variant(path)
     x = _x()
+    # Same stored bits, same input shape, same process and threads: the same kernels run, so equal bits.
     assert torch.equal(loaded.module(x), model(x))
 
 
@@ -80,6 +81,7 @@ def test_float16_storage_round_trip_and_size(tmp_path):
     for p in variant.module.parameters():
         assert p.dtype == torch.float32  # computed in float32
     conv = variant.module.features[0][0]
+    # float16 storage: every float16 value is exact in float32.
     assert torch.equal(conv.weight, conv.weight.half().float())
     bn = variant.module.features[0][1]
     assert torch.equal(bn.weight, model.features[0][1].weight)  # batch norm stays float32
@@ -93,6 +95,7 @@ def test_float16_storage_round_trip_and_size(tmp_path):
     path = variant.save(tmp_path / "model.safetensors")
     loaded = load_variant(path)
     x = _x()
+    # Same stored bits, same input shape, same process and threads: the same kernels run, so equal bits.
     assert torch.equal(loaded.module(x), variant.module(x))
     assert loaded.complexity_management == "float16"
     # predictions change only slightly against float32
@@ -114,6 +117,7 @@ def test_sparse_tensors_are_stored_sparse(tmp_path):
     report = size_report(variant)
     mask_bytes = 8 * 16 * 49 // 8
     assert path.stat().st_size - report["size_bytes"] < mask_bytes + 8 * 1024
+    # Same stored bits, same input shape, same process and threads: the same kernels run, so equal bits.
     assert torch.equal(load_variant(path).module(_x()), variant.module(_x()))
 
 

@@ -126,6 +126,7 @@ def test_int8_file_round_trip_is_exact_and_stores_int8(trained, tmp_path):
     loaded = load_variant(path)
     x, _ = _data(20, 4)
     with torch.no_grad():
+        # Same stored bits, same input shape, same process and threads: the same kernels run, so equal bits.
         assert torch.equal(loaded.module(x), variant.module(x))
     n_weights = sum(m.weight.numel() for m in trained.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     with safe_open(str(path), "pt") as f:
@@ -209,6 +210,7 @@ def test_code_max_pool_equals_float_pooling_on_codes():
         want = nn.functional.max_pool2d(codes.float(), kernel)
         for x in (codes, codes.contiguous(memory_format=torch.channels_last)):
             got = pool(x)
+            # A max of integer codes: exact.
             assert got.dtype == torch.uint8 and torch.equal(got.float(), want)
     assert not K.CodeMaxPool2d.handles(nn.MaxPool2d(3, stride=2))  # overlapping windows stay float
     assert not K.CodeMaxPool2d.handles(nn.MaxPool2d(2, padding=1))

@@ -32,6 +32,7 @@ def test_test_split_fixed_validation_split_follows_seed():
     assert a.test_filenames == b.test_filenames
     assert not torch.equal(a.y_val, b.y_val) or not torch.equal(a.x_val, b.x_val)
     again = load_digits_bundle(seed=0)
+    # The same seeded permutation of the same array: exact.
     assert torch.equal(a.x_train, again.x_train) and torch.equal(a.y_val, again.y_val)
 
 

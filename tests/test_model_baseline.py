@@ -127,4 +127,5 @@ def test_same_seed_same_weights():
     torch.manual_seed(3)
     b = build_model("dcase2020_baseline", {}, n_classes=3)
     for pa, pb in zip(a.parameters(), b.parameters()):
+        # Same seed, same init calls: exact.
         assert torch.equal(pa, pb)

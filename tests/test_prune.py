@@ -137,6 +137,7 @@ def test_gradual_pruning_ramps_during_fine_tuning_and_ends_on_target(tmp_path):
     path = variant.save(tmp_path / "pruned.safetensors")
     loaded = load_variant(path)
     with torch.no_grad():
+        # Same stored bits, same input shape, same process and threads: the same kernels run, so equal bits.
         assert torch.equal(variant.module(bundle.x_val), loaded.module(bundle.x_val))
     assert sparsity_table(loaded.module) == table
 
@@ -198,6 +199,7 @@ def test_channel_pruning_variant_round_trip(tmp_path):
     assert variant.history[0]["size_bytes_after"] < 0.4 * variant.history[0]["size_bytes_before"]
     loaded = load_variant(variant.save(tmp_path / "channels.safetensors"))
     with torch.no_grad():
+        # Same stored bits, same input shape, same process and threads: the same kernels run, so equal bits.
         assert torch.equal(variant.module(bundle.x_val), loaded.module(bundle.x_val))
     assert np.isclose(variant.history[1]["size_bytes_after"] * 2, variant.history[1]["size_bytes_before"])
 
@@ -232,4 +234,5 @@ def test_best_full_sparsity_epoch_is_restored():
     assert [hook.eligible(e) for e in (1, 2, 3, 4)] == [False, True, True, True]  # epoch 1 is not at the target
     expected = max((2, 3, 4), key=lambda e: (scores[e][0], -scores[e][1], -e))
     assert best.restore(model) == expected
+    # restore() copies the saved tensors: exact.
     assert all(torch.equal(v, states[expected][k]) for k, v in model.state_dict().items())

@@ -105,6 +105,7 @@ def test_stand_in_weights_have_no_zeros():
     assert all((bn.bias != 0).all() and (bn.running_mean != 0).all() and (bn.running_var > 0).all() for bn in bns)
     again = stand_in_weights(build_model("cp_resnet", {"width": 8, "n_blocks": [4, 1, 0]}, in_channels=2, n_mels=64,
                                          n_frames=64), seed=0)
+    # Same seed: exact.
     assert all(torch.equal(a.weight, b) for a, b in zip((m for m in again.modules() if isinstance(m, torch.nn.Conv2d)), weights))
 
 
