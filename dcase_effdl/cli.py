@@ -1,7 +1,7 @@
 """Command line: `dcase-effdl COMMAND ...` (also `python -m dcase_effdl COMMAND ...`).
 
     dcase-effdl make-dataset data/quickstart --clips-per-class 100 --seed 0
-    dcase-effdl run recipes/quickstart.yaml [--data DIR] [--out RUNDIR] [--set train.epochs=2]
+    dcase-effdl run recipes/quickstart.yaml [--data DIR] [--out RUNDIR] [--set train.epochs=2] [--seeds 0 1 2]
     dcase-effdl evaluate runs/quickstart --data DIR [--json]
     dcase-effdl size dcase2020_baseline|RUNDIR [--policy dcase2020] [--json]
     dcase-effdl download tau2020-3class-development --to data [--mirror URL]
@@ -32,7 +32,11 @@ def cmd_make_dataset(args) -> int:
 
 def cmd_run(args) -> int:
     from dcase_effdl.pipeline import run
+    from dcase_effdl.seeds import run_seeds
 
+    if args.seeds is not None:
+        run_seeds(args.recipe, args.seeds, data=args.data, out=args.out, overrides=args.set, resume=args.resume)
+        return 0
     run(args.recipe, data=args.data, out=args.out, overrides=args.set, resume=args.resume)
     return 0
 
@@ -186,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: <out_dir>/<recipe name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training from <run>/train/last.pt")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="N", help="run once per training seed into <run>-seed<N>/, "
+                   "then print mean +- std per variant and write <run>-seeds.csv")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", help="evaluate a finished run on fold1_evaluate of another dataset")
