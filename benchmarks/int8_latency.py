@@ -19,7 +19,6 @@ import argparse
 import copy
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 import torch._dynamo
@@ -28,7 +27,8 @@ import torch.nn as nn
 
 from dcase_effdl.compress import CompressContext, apply_steps, parse_steps
 from dcase_effdl.compress.int8 import fold_batch_norm, plan_layers
-from dcase_effdl.models import build_model
+from dcase_effdl.data.bundle import DataBundle
+from dcase_effdl.models import ModelSpec, model_params
 
 
 def float32_fair(model: nn.Module) -> nn.Module:
@@ -71,16 +71,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     c, f, t = args.input
-    model = build_model(args.model, {}, n_classes=3, in_channels=c, n_mels=f, n_frames=t).eval()
+    spec = ModelSpec(args.model, model_params(args.model), 3, c, f, t)
+    model = spec.build().eval()
     with torch.no_grad():  # trained-like batch norm statistics
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
-    spec = {"name": args.model, "params": {}, "n_classes": 3, "in_channels": c, "n_mels": f, "n_frames": t}
-    calib = SimpleNamespace(x_train=torch.randn(128, c, f, t))
+    x = torch.randn(128, c, f, t)
+    y = torch.zeros(128, dtype=torch.long)
+    calib = DataBundle(["a", "b", "c"], x, y, x[:0], y[:0], x[:0], y[:0], [])
     int8 = apply_steps(model, parse_steps([{"method": "int8"}], "benchmark"),
-                       CompressContext(bundle=calib, model_spec=spec)).module
+                       CompressContext(bundle=calib, model_spec=spec, size_policy="dcase2020")).module
     fair = float32_fair(model)
 
     print(f"torch {torch.__version__}, {args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "

@@ -22,8 +22,8 @@ import time
 import torch
 
 from dcase_effdl.config import load_recipe
-from dcase_effdl.pipeline import build, model_spec, prepare_data
-from dcase_effdl.training.loop import fit
+from dcase_effdl.pipeline import prepare_data, resolve
+from dcase_effdl.training.loop import FineTune, fit
 
 
 def main() -> None:
@@ -36,21 +36,21 @@ def main() -> None:
     args = parser.parse_args()
 
     recipe, feat = load_recipe(args.recipe, args.set)
+    spec = resolve(recipe, feat, args.recipe).spec
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     bundle = prepare_data(recipe, feat, args.data)
     prep = time.perf_counter() - start
-    spec = model_spec(recipe, bundle)
     torch.manual_seed(recipe.seed)
-    model = build(spec)
+    model = spec.build()
     cfg = recipe.train
     cfg.device = "cpu"
-    history = fit(model, bundle, cfg, seed=recipe.seed, epochs=args.epochs + 1, desc="benchmark")
+    history = fit(model, bundle, cfg, seed=recipe.seed, tune=FineTune(epochs=args.epochs + 1), desc="benchmark")
     rows = history.epochs[1:]  # the first epoch warms up allocators and kernels
     n = len(bundle.x_train)
     train_s = statistics.median(r["train_seconds"] for r in rows)
     data_s = statistics.median(r["data_seconds"] for r in rows)
-    print(f"recipe {args.recipe}: model {spec['name']}, input {tuple(bundle.input_shape)}, batch {cfg.batch_size}, "
+    print(f"recipe {args.recipe}: model {spec.family}, input {tuple(bundle.input_shape)}, batch {cfg.batch_size}, "
           f"{n} training clips, {args.threads} threads (features ready in {prep:.1f} s, not timed)")
     print(f"{'epoch':>5} {'clips/s':>9} {'train s':>8} {'data s':>7} {'data %':>7}")
     for r in rows:

@@ -65,9 +65,9 @@ def _size_reports(target: str, policy: str) -> dict:
     path = Path(target)
     if path.is_dir():
         from dcase_effdl.compress import load_variant
-        from dcase_effdl.evaluation.evaluate import variant_dirs
+        from dcase_effdl.rundir import RunDir
 
-        return {d.name: size.size_report(load_variant(d / "model.safetensors"), policy=policy) for d in variant_dirs(path)}
+        return {v.name: size.size_report(load_variant(v.model_path), policy=policy) for v in RunDir(path).variants()}
     return {None: size.size_report_from_spec(target, policy=policy)}
 
 

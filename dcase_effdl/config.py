@@ -7,6 +7,9 @@ file is ever executed (`yaml.safe_load`), and `--set a.b=value` overrides pass t
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from typing import Any, Union
 import yaml
 
 from dcase_effdl.errors import UserError
+from dcase_effdl.task import LABEL_FORMAT, LABEL_RE, SAFE_NAME_RE
 
 
 # ---------------------------------------------------------------- generic strict loader
@@ -58,14 +62,14 @@ def _convert(value: Any, tp: Any, source: str, keypath: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
+        options = [option for option in args if option is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message, which names the inner key
+            return _convert(value, options[0], source, keypath)
+        for option in options:
             try:
                 return _convert(value, option, source, keypath)
-            except UserError as exc:
-                errors.append(exc)
+            except UserError:
+                pass
         raise UserError(f"{source}: {keypath}: expected {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
         if value in args:
@@ -111,8 +115,8 @@ def _convert(value: Any, tp: Any, source: str, keypath: str) -> Any:
     raise UserError(f"{source}: {keypath}: expected {_type_name(tp)}, got {value!r}")
 
 
-def from_dict(cls: type, data: dict, source: str, keypath: str = "") -> Any:
-    """Build dataclass `cls` from `data`, refusing unknown keys and wrong types."""
+def from_dict(cls: type, data: dict, source: str, keypath: str = "", key_word: str = "key") -> Any:
+    """Build dataclass `cls` from `data`, refusing unknown keys and wrong types (`key_word` names a key in messages)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -120,7 +124,7 @@ def from_dict(cls: type, data: dict, source: str, keypath: str = "") -> Any:
         path = f"{keypath}.{key}" if keypath else str(key)
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise UserError(f"{source}: unknown key '{path}' (known keys here: {known})")
+            raise UserError(f"{source}: unknown {key_word} '{path}' (known {key_word}s here: {known})")
         kwargs[key] = _convert(value, hints[key], source, path)
     missing = [
         name
@@ -134,8 +138,32 @@ def from_dict(cls: type, data: dict, source: str, keypath: str = "") -> Any:
         raise UserError(f"{source}: missing required key '{where}{missing[0]}'")
     try:
         return cls(**kwargs)
+    except FieldError as exc:
+        raise UserError(f"{source}: {keypath + '.' if keypath else ''}{exc.key} {exc}") from None
     except (ValueError, TypeError) as exc:  # raised by a dataclass's __post_init__ checks
-        raise UserError(f"{source}: {keypath or cls.__name__}: {exc}") from None
+        raise UserError(f"{source}: {keypath}: {exc}" if keypath else f"{source}: {exc}") from None
+
+
+class FieldError(ValueError):
+    """A `__post_init__` check that names its field: `from_dict` reports '<file>: <key path> <message>'."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def check_fields(obj: Any, rules: list[tuple[str, bool, str]]) -> None:
+    """Raise FieldError 'KEY must be RULE, got VALUE' for the first (key, ok, rule) that is not ok."""
+    for key, ok, rule in rules:
+        if not ok:
+            raise FieldError(key, f"must be {rule}, got {operator.attrgetter(key)(obj)!r}")
+
+
+SAFE_NAME = "letters, digits, '_' and '-', starting with a letter or digit (it names a folder or file)"
+
+
+def safe_name(value: str) -> bool:
+    return SAFE_NAME_RE.fullmatch(value) is not None
 
 
 def to_dict(obj: Any) -> Any:
@@ -201,6 +229,8 @@ class FeatureConfig:
     deltas: int = 0  # 0: none; 2: stack deltas and delta-deltas as extra channels
 
     def __post_init__(self):
+        check_fields(self, [(k, getattr(self, k) >= 1, ">= 1") for k in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels")]
+                     + [("duration", self.duration is None or self.duration > 0, "> 0 seconds or null")])
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length {self.win_length} > n_fft {self.n_fft}")
         if self.fmax is not None and self.fmax > self.sample_rate / 2:
@@ -224,6 +254,9 @@ class SyntheticConfig:
     duration: float = 10.0  # seconds
     sample_rate: int = 48000  # Hz
 
+    def __post_init__(self):  # the other values are checked by make_dataset before it writes anything
+        check_fields(self, [("seed", self.seed >= 0, ">= 0")])
+
 
 @dataclass
 class DatasetConfig:
@@ -232,6 +265,9 @@ class DatasetConfig:
     synthetic: Union[SyntheticConfig, None] = None
     validation_fraction: float = 0.3  # of the training fold's locations, location-disjoint
     on_bad_audio: typing.Literal["stop", "skip"] = "stop"
+
+    def __post_init__(self):
+        check_fields(self, [("validation_fraction", 0.0 <= self.validation_fraction < 1.0, "in [0, 1)")])
 
 
 @dataclass
@@ -249,6 +285,9 @@ class SpecAugmentConfig:
     n_freq_masks: int = 1
     n_time_masks: int = 1
 
+    def __post_init__(self):
+        check_fields(self, [(k, getattr(self, k) >= 0, ">= 0") for k in ("freq_mask", "time_mask", "n_freq_masks", "n_time_masks")])
+
 
 @dataclass
 class SWAConfig:
@@ -256,6 +295,9 @@ class SWAConfig:
 
     start_epoch: int = 1
     every: int = 1
+
+    def __post_init__(self):
+        check_fields(self, [("start_epoch", self.start_epoch >= 1, ">= 1"), ("every", self.every >= 1, ">= 1")])
 
 
 @dataclass
@@ -288,6 +330,29 @@ class TrainConfig:
     swa: Union[SWAConfig, None] = None  # None = off
     amp: bool = True  # mixed precision (float16 autocast) when training on CUDA
 
+    def __post_init__(self):
+        check_fields(self, [
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 2, ">= 2 (batch norm needs two examples)"),
+            ("lr", 0 < self.lr < math.inf, "a finite number > 0"),
+            ("weight_decay", 0 <= self.weight_decay < math.inf, ">= 0"),
+            ("momentum", 0 <= self.momentum <= 1, "in [0, 1]"),
+            ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "auto, cpu, cuda or cuda:N"),
+            ("num_workers", self.num_workers >= 0, ">= 0 (0 = all cores)"),
+            ("threads", self.threads >= 0, ">= 0 (0 = torch's default)"),
+            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+            ("restart_epochs", self.restart_epochs > 0, "> 0"),
+            ("restart_mult", self.restart_mult >= 1, ">= 1 (periods never shrink)"),
+            ("decay_start_epoch", self.decay_start_epoch >= 0, ">= 0"),
+            ("decay_epochs", self.decay_epochs is None or self.decay_epochs > 0, "> 0 or null"),
+            ("mixup_alpha", self.mixup_alpha >= 0, ">= 0"),
+            ("time_roll", self.time_roll >= 0, ">= 0 frames"),
+            ("time_crop", self.time_crop >= 0, ">= 0 frames"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("swa.start_epoch", self.swa is None or self.swa.start_epoch <= self.epochs, f"<= train.epochs ({self.epochs})"),
+        ])
+
 
 @dataclass
 class VariantConfig:
@@ -297,12 +362,19 @@ class VariantConfig:
     compress: list[dict[str, Any]] = field(default_factory=list)
     label: Union[str, None] = None  # submission label; default from `submission`
 
+    def __post_init__(self):
+        check_fields(self, [("name", safe_name(self.name), SAFE_NAME),
+                            ("label", self.label is None or LABEL_RE.fullmatch(self.label) is not None, LABEL_FORMAT)])
+
 
 @dataclass
 class SubmissionConfig:
     lastname: str = "Lastname"
     institute: str = "INST"
     task: str = "task1b"
+
+    def __post_init__(self):
+        check_fields(self, [(k, safe_name(getattr(self, k)), SAFE_NAME) for k in ("lastname", "institute", "task")])
 
 
 @dataclass
@@ -322,11 +394,16 @@ class Recipe:
     out_dir: str = "runs"  # run folders are out_dir/<name> unless --out is given
 
     def __post_init__(self):
+        check_fields(self, [("name", safe_name(self.name), SAFE_NAME), ("seed", self.seed >= 0, ">= 0")])
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique, got {names}")
+            raise FieldError("variants", f"names must be unique, got {names}")
         if not self.variants:
-            raise ValueError("at least one variant is needed")
+            raise FieldError("variants", "needs at least one variant")
+        for i in range(len(self.variants)):
+            label = self.variant_label(i)
+            if not LABEL_RE.fullmatch(label):  # a default label of a submission.lastname with '_' in it
+                raise FieldError(f"variants[{i}].label", f"defaults to '{label}' (from submission), which must be {LABEL_FORMAT}")
 
     def variant_label(self, index: int) -> str:
         variant = self.variants[index]

@@ -13,23 +13,21 @@ The stages run in order, each leaving an artifact in the run folder that the nex
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import os
-import platform
-import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
-from dcase_effdl import __version__
-from dcase_effdl.config import FeatureConfig, Recipe, load_recipe, to_dict
+from dcase_effdl.config import FeatureConfig, Recipe, load_recipe
 from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
+from dcase_effdl.models import ModelSpec
+from dcase_effdl.rundir import RunDir, VariantDir, config_hash
+from dcase_effdl.task import CLASSES
 
 
 def log(message: str) -> None:
@@ -128,94 +126,70 @@ def prepare_data(recipe: Recipe, feat: FeatureConfig, data: str | None) -> DataB
     return tau_bundle(recipe, feat, root)
 
 
-# ---------------------------------------------------------------- run folder bookkeeping
+# ---------------------------------------------------------------- the model
 
 
-def config_hash(recipe: Recipe, feat: FeatureConfig, data_root: str) -> str:
-    """Hash of everything the trained model depends on (not the variants: they can change)."""
-    payload = to_dict(recipe)
-    payload.pop("variants")
-    payload.pop("submission")
-    payload["out_dir"] = None
-    payload["dataset"]["root"] = str(Path(data_root).resolve())
-    payload["feature_definition"] = to_dict(feat)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class VariantPlan:
+    name: str
+    label: str
+    steps: list  # the variant's compression steps as typed configs (compress.StepConfig)
 
 
-def git_commit() -> str | None:
+@dataclass(frozen=True)
+class Plan:
+    """A recipe resolved into typed configs and checked, before any data or run folder is touched."""
+
+    spec: ModelSpec
+    variants: list[VariantPlan]
+
+
+def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
+    """Type the model knobs and every variant's steps and check what needs no data: build the model on a
+    dummy input shaped like the features, check the training options against that shape, and dry-run
+    each step sequence on the model, so that a bad value fails in seconds, not after extraction."""
+    from dcase_effdl.compress import parse_steps
+    from dcase_effdl.compress.apply import dry_run
+    from dcase_effdl.compress.size import get_policy
+    from dcase_effdl.models import model_params
+    from dcase_effdl.training.loop import check_crop, check_options
+
+    if recipe.dataset.kind == "digits":
+        from dcase_effdl.data.digits import INPUT_SHAPE, N_CLASSES
+
+        n_classes, shape = N_CLASSES, INPUT_SHAPE
+    else:
+        from dcase_effdl.features.logmel import feature_shape
+
+        n_classes, shape = len(CLASSES), feature_shape(feat)
+    params = model_params(recipe.model.name, recipe.model.params, source, "model.params")
+    spec = ModelSpec(recipe.model.name, params, n_classes, *shape)
     try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment() -> dict:
-    import librosa
-    import sklearn
-
-    return {
-        "dcase_effdl": __version__,
-        "git_commit": git_commit(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "librosa": librosa.__version__,
-        "scikit_learn": sklearn.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def prepare_run_dir(run_dir: Path, recipe: Recipe, feat: FeatureConfig, digest: str) -> None:
-    """Create the run folder; refuse to mix a run of another configuration into it."""
-    marker = run_dir / "config_hash.txt"
-    if marker.is_file() and marker.read_text().strip() != digest:
-        raise UserError(
-            f"{run_dir}: holds a run of a different configuration; choose another folder with --out "
-            "or delete it"
-        )
-    if run_dir.exists() and not marker.is_file() and any(run_dir.iterdir()):
-        raise UserError(f"{run_dir}: exists and is not a dcase-effdl run folder; choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
-    (run_dir / "features.yaml").write_text(yaml.safe_dump(to_dict(feat), sort_keys=False))
-    write_json(run_dir / "environment.json", environment())
-    marker.write_text(digest + "\n")
-
-
-def model_spec(recipe: Recipe, bundle: DataBundle) -> dict:
-    c, f, t = bundle.input_shape
-    return {
-        "name": recipe.model.name,
-        "params": dict(recipe.model.params),
-        "n_classes": bundle.n_classes,
-        "in_channels": c,
-        "n_mels": f,
-        "n_frames": t,
-    }
-
-
-def build(spec: dict) -> torch.nn.Module:
-    from dcase_effdl.models import build_model
-
-    return build_model(
-        spec["name"], spec["params"], n_classes=spec["n_classes"], in_channels=spec["in_channels"],
-        n_mels=spec["n_mels"], n_frames=spec["n_frames"],
-    )
+        get_policy(recipe.size_policy)
+        model = spec.build().eval()
+        with torch.no_grad():
+            out = model(torch.zeros(2, *shape))
+        if tuple(out.shape) != (2, n_classes):
+            raise UserError(f"model '{spec.family}' gives outputs {tuple(out.shape[1:])}, not {n_classes} logits")
+        check_options(recipe.train, shape)
+        check_crop(model, recipe.train, shape)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+    except RuntimeError as exc:
+        raise UserError(f"{source}: model '{spec.family}' cannot take inputs of shape {shape} "
+                        f"({str(exc).strip().splitlines()[0]})") from None
+    variants = []
+    for i, vc in enumerate(recipe.variants):
+        steps = parse_steps(vc.compress, f"{source}: variants[{i}].compress")
+        dry_run(model, steps, spec, recipe.size_policy, recipe.train)
+        variants.append(VariantPlan(vc.name, recipe.variant_label(i), steps))
+    return Plan(spec, variants)
 
 
 # ---------------------------------------------------------------- stage 3: training
 
 
-def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, resume: bool = False,
+def train_parent(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: Path, resume: bool = False,
                  run_hash: str | None = None) -> torch.nn.Module:
     """Train the float32 parent, or load it when this run folder already finished training.
 
@@ -228,7 +202,7 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, 
     train_dir = run_dir / "train"
     best = train_dir / "best.safetensors"
     seed_everything(recipe.seed)
-    model = build(spec)
+    model = spec.build()
     if best.is_file():
         log(f"[train] reusing {best}")
         try:
@@ -239,7 +213,7 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, 
     bn = (torch.nn.modules.batchnorm._BatchNorm,)
     n_bn = sum(p.numel() for m in model.modules() if isinstance(m, bn) for p in m.parameters(recurse=False))
     n_params = sum(p.numel() for p in model.parameters()) - n_bn
-    log(f"[train] {spec['name']}: {n_params:,} parameters (+ {n_bn:,} batch norm), {recipe.train.epochs} epochs, "
+    log(f"[train] {spec.family}: {n_params:,} parameters (+ {n_bn:,} batch norm), {recipe.train.epochs} epochs, "
         f"{len(bundle.x_train)} train / {len(bundle.x_val)} validation clips")
     history = fit(model, bundle, recipe.train, seed=recipe.seed, out_dir=train_dir, resume=resume, run_hash=run_hash)
     row = history.epochs[history.best_epoch - 1] if history.epochs else {}
@@ -263,54 +237,43 @@ class VariantResult:
     size: dict
 
 
-def make_context(recipe: Recipe, bundle: DataBundle, spec: dict, run_dir: Path, variant_name: str):
+def make_context(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: Path, variant_name: str):
     from dcase_effdl.compress import CompressContext
-    from dcase_effdl.training.loop import fit
-
-    def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=(), **kwargs):
-        fit(model, bundle, recipe.train, seed=recipe.seed, epochs=epochs, lr=lr, loss_fn=loss_fn,
-            hooks=hooks, desc=f"fine-tune {variant_name}", **kwargs)
-        return model
 
     work_dir = run_dir / "work"
     work_dir.mkdir(exist_ok=True)
     return CompressContext(
-        bundle=bundle, fine_tune=fine_tune, seed=recipe.seed, log=lambda m: log(f"[{variant_name}] {m}"),
-        work_dir=work_dir, model_spec=spec, parent_dir=run_dir,
+        bundle=bundle, train=recipe.train, model_spec=spec, size_policy=recipe.size_policy, seed=recipe.seed,
+        log=lambda m: log(f"[{variant_name}] {m}"), work_dir=work_dir, parent_dir=run_dir, name=variant_name,
     )
 
 
 def write_variant_outputs(variant_dir: Path, label: str, variant, bundle: DataBundle, recipe: Recipe) -> VariantResult:
     from dcase_effdl.metrics import compute_metrics
     from dcase_effdl.compress.size import size_report
-    from dcase_effdl.submission.files import write_meta_yaml, write_output_csv
     from dcase_effdl.training.loop import predict
 
     probs = predict(variant.module, bundle.x_test)
     metrics = compute_metrics(bundle.y_test.numpy(), probs, bundle.classes)
     size = size_report(variant, policy=recipe.size_policy)
-    write_json(variant_dir / "metrics.json", metrics)
-    write_json(variant_dir / "size.json", size)
-    write_output_csv(variant_dir / f"{label}.output.csv", bundle.test_filenames, probs, bundle.classes)
-    write_meta_yaml(variant_dir / f"{label}.meta.yaml", label, metrics, size)
+    VariantDir(variant_dir).write_results(label, metrics, size, bundle.test_filenames, probs, bundle.classes)
     return VariantResult(variant_dir.name, label, metrics, size)
 
 
-def make_variants(recipe: Recipe, parent: torch.nn.Module, bundle: DataBundle, spec: dict, run_dir: Path) -> list[VariantResult]:
-    from dcase_effdl.compress import apply_steps, parse_steps
+def make_variants(recipe: Recipe, plan: Plan, parent: torch.nn.Module, bundle: DataBundle, spec: ModelSpec,
+                  run_dir: Path) -> list[VariantResult]:
+    from dcase_effdl.compress import apply_steps
 
     results = []
-    for i, vc in enumerate(recipe.variants):
-        label = recipe.variant_label(i)
-        steps = parse_steps(vc.compress, f"variants[{i}].compress")
-        variant_dir = run_dir / vc.name
+    for vp in plan.variants:
+        variant_dir = run_dir / vp.name
         variant_dir.mkdir(exist_ok=True)
-        log(f"[{vc.name}] compress: {' -> '.join(s.get('method', '?') for s in vc.compress) or 'none'}")
-        variant = apply_steps(parent, steps, make_context(recipe, bundle, spec, run_dir, vc.name))
+        log(f"[{vp.name}] compress: {' -> '.join(s.method for s in vp.steps) or 'none'}")
+        variant = apply_steps(parent, vp.steps, make_context(recipe, bundle, spec, run_dir, vp.name))
         variant.save(variant_dir / "model.safetensors")
-        results.append(write_variant_outputs(variant_dir, label, variant, bundle, recipe))
+        results.append(write_variant_outputs(variant_dir, vp.label, variant, bundle, recipe))
         m, s = results[-1].metrics, results[-1].size
-        log(f"[{vc.name}] macro accuracy {m['accuracy']:.1f} %, log loss {m['log_loss']:.3f}, "
+        log(f"[{vp.name}] macro accuracy {m['accuracy']:.1f} %, log loss {m['log_loss']:.3f}, "
             f"{s['size_kb']:.2f} KB")
     return results
 
@@ -346,11 +309,9 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
     runs the later stages.
     """
     from dcase_effdl.training import distributed
-    from dcase_effdl.compress import parse_steps
 
     recipe, feat = load_recipe(recipe_path, overrides)
-    for i, vc in enumerate(recipe.variants):  # fail on a bad step before any work
-        parse_steps(vc.compress, f"{recipe_path}: variants[{i}].compress")
+    plan = resolve(recipe, feat, str(recipe_path))  # every check that needs no data, before any work
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     run_dir = Path(out) if out else Path(recipe.out_dir) / recipe.name
@@ -358,21 +319,25 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
 
     ctx = distributed.setup(recipe.train.device)
     digest = config_hash(recipe, feat, data_root)
-    if ctx.is_main:  # the other ranks wait, then read the features rank 0 cached
-        bundle = prepare_data(recipe, feat, data)
-        prepare_run_dir(run_dir, recipe, feat, digest)
-        write_json(run_dir / "normalization.json", bundle.normalization)
-    ctx.barrier()
-    if not ctx.is_main:
-        bundle = prepare_data(recipe, feat, data)
-    spec = model_spec(recipe, bundle)
-    parent = train_parent(recipe, bundle, spec, run_dir, resume=resume, run_hash=digest)
-    distributed.teardown()
-    if not ctx.is_main:
-        return run_dir
-    make_variants(recipe, parent, bundle, spec, run_dir)
-    table = write_rows(run_dir)
-    write_pictures(run_dir)
+    # Rank 0 holds the run folder's lock from before the data work until the last file is written.
+    with RunDir(run_dir).lock(log) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:  # the other ranks wait, then read the features rank 0 cached
+            bundle = prepare_data(recipe, feat, data)
+            RunDir(run_dir).prepare(recipe, feat, digest, data_root)
+            RunDir(run_dir).write_normalization(bundle.normalization)
+        ctx.barrier()
+        if not ctx.is_main:
+            bundle = prepare_data(recipe, feat, data)
+        # The data's class count and shape rule (a TAU-layout dataset may have other classes than the task's).
+        spec = replace(plan.spec, n_classes=bundle.n_classes, in_channels=bundle.input_shape[0],
+                       n_mels=bundle.input_shape[1], n_frames=bundle.input_shape[2])
+        parent = train_parent(recipe, bundle, spec, run_dir, resume=resume, run_hash=digest)
+        distributed.teardown()
+        if not ctx.is_main:
+            return run_dir
+        make_variants(recipe, plan, parent, bundle, spec, run_dir)
+        table = write_rows(run_dir)
+        write_pictures(run_dir)
     log("")
     log(table)
     log(f"\nrun folder: {run_dir}")

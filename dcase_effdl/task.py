@@ -11,6 +11,7 @@ KB = 1024  # bytes: the task's "KB" (500 KB = 512,000 B)
 SIZE_LIMIT_KB = 500.0  # non-zero parameters x stored bits / 8, batch norm excluded
 SIZE_LIMIT_BYTES = int(SIZE_LIMIT_KB * KB)
 MAX_SYSTEMS = 4  # submissions per team
+ABBREVIATION_MAX = 10  # characters of a system's abbreviation in its meta.yaml
 EVAL_FILE_COUNT = 8640  # TAU Urban Acoustic Scenes 2020 3Class evaluation set: audio/0.wav ... audio/8639.wav
 # A submission label is Lastname_INSTITUTE_task1b_N. A part is letters and digits with hyphens inside
 # (e.g. Lopez-Meyer), no underscore; task and index are matched loosely so a checker can say which is off.

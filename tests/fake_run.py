@@ -1,7 +1,7 @@
 """A run folder as the pipeline leaves it, written in milliseconds (for submit, plots and report tests).
 
-Metrics come from the real `compute_metrics` on random probabilities, the output and meta files from
-the real submission writers; sizes follow the 2020 rule (non-zero values x bits / 8, KB = 1024 B).
+Metrics come from the real `compute_metrics` on random probabilities, every file from the real
+writers (`RunDir`, `VariantDir`); sizes follow the 2020 rule (non-zero values x bits / 8, KB = 1024 B).
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from dcase_effdl.config import FeatureConfig, Recipe, from_dict
+from dcase_effdl.files import atomic_write
 from dcase_effdl.metrics import compute_metrics
-from dcase_effdl.submission.files import write_meta_yaml, write_output_csv
+from dcase_effdl.rundir import RunDir, config_hash
 
 CLASSES = ["indoor", "outdoor", "transportation"]
 
@@ -52,41 +53,35 @@ def size_report(n_params: int, bits: int, nonzero_fraction: float, management: s
 
 def make_run(run_dir: Path, dataset: Path, *, n_params: int = 115_219, epochs: int = 6, seed: int = 0,
              variants=VARIANTS, lastname: str = "Lastname", institute: str = "INST") -> Path:
-    """Write config.yaml, features.yaml, train/history.json and one folder per variant."""
+    """Write config.yaml, features.yaml, train/history.json and one folder per variant, through RunDir."""
     rng = np.random.default_rng(seed)
     names = [line for line in (dataset / "evaluation_setup" / "fold1_test.csv").read_text().splitlines()[1:] if line]
     y = np.array([CLASSES.index(n.split("/")[1].split("-")[0]) for n in names])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {
+    recipe = from_dict(Recipe, {
         "name": run_dir.name, "seed": seed,
         "dataset": {"kind": "tau", "root": str(dataset)},
         "model": {"name": "dcase2020_baseline", "params": {}},
         "variants": [{"name": v[0], "compress": [], "label": None} for v in variants],
         "submission": {"lastname": lastname, "institute": institute, "task": "task1b"},
         "size_policy": "dcase2020",
-    }
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (run_dir / "features.yaml").write_text(yaml.safe_dump({"name": "dcase2020_baseline", "sample_rate": 48000, "n_mels": 40}))
+    }, "fake_run")
+    feat = FeatureConfig(name="dcase2020_baseline", sample_rate=48000, n_mels=40)
+    run = RunDir(run_dir)
+    run.prepare(recipe, feat, config_hash(recipe, feat, str(dataset)), dataset)
     history = []
     for e in range(1, epochs + 1):
         history.append({
             "epoch": e, "train_loss": 1.1 / e + 0.05, "val_loss": 1.0 / e ** 0.7 + 0.1,
             "val_accuracy": 100 * (0.95 - 0.6 / (e + 1)), "lr": 1e-3, "seconds": 1.5,
         })
-    (run_dir / "train").mkdir(exist_ok=True)
     best = max(history, key=lambda h: h["val_accuracy"])["epoch"]
-    (run_dir / "train" / "history.json").write_text(json.dumps({"best_epoch": best, "epochs": history}))
+    # training.loop.History.to_json's format, written by hand: importing the loop would import torch.
+    atomic_write(run.history_path, json.dumps({"best_epoch": best, "epochs": history}))
     for i, (name, bits, fraction, management, sharpness) in enumerate(variants):
         logits = rng.normal(size=(len(y), 3))
         logits[np.arange(len(y)), y] += sharpness
         probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
         metrics = compute_metrics(y, probs, CLASSES)
         size = size_report(n_params, bits, fraction, management)
-        label = f"{lastname}_{institute}_task1b_{i + 1}"
-        d = run_dir / name
-        d.mkdir(exist_ok=True)
-        (d / "metrics.json").write_text(json.dumps(metrics))
-        (d / "size.json").write_text(json.dumps(size))
-        write_output_csv(d / f"{label}.output.csv", names, probs, CLASSES)
-        write_meta_yaml(d / f"{label}.meta.yaml", label, metrics, size)
+        run.variant(name).write_results(recipe.variant_label(i), metrics, size, names, probs, CLASSES)
     return run_dir

@@ -1,4 +1,4 @@
-"""load_audio / audio_info: formats, channels, resampling, length fitting and one-line errors."""
+"""load_audio / check_audio: formats, channels, resampling, length fitting and one-line errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dcase_effdl.features.audio import AudioProblem, audio_info, load_audio
+from dcase_effdl.features.audio import SCAN_BLOCK_FRAMES, AudioProblem, check_audio, load_audio
 from dcase_effdl.config import FeatureConfig
 from dcase_effdl.errors import UserError
 
@@ -32,6 +32,7 @@ def test_wav_subtypes_read_as_float32(tmp_path, subtype):
     sf.write(path, x, 48000, subtype=subtype)
     audio = load_audio(path, _cfg())
     assert audio.dtype == np.float32 and audio.shape == (1, 48000)
+    # FLOAT stores the float32 samples themselves (exact); PCM rounds to 2**-15 / 2**-23 steps.
     tol = {"PCM_16": 1e-4, "PCM_24": 1e-6, "FLOAT": 0.0}[subtype]
     assert np.abs(audio[0] - x).max() <= tol
 
@@ -44,7 +45,7 @@ def test_stereo_mono_downmix_is_mean_and_stereo_keeps_channels(tmp_path):
     stereo = load_audio(path, _cfg(channels="stereo"))
     assert mono.shape == (1, 48000) and stereo.shape == (2, 48000)
     np.testing.assert_allclose(mono[0], x.mean(axis=1), atol=1e-7)
-    np.testing.assert_array_equal(stereo, x.T)
+    np.testing.assert_array_equal(stereo, x.T)  # FLOAT samples read back unchanged: no arithmetic
 
 
 def test_mono_file_duplicated_for_stereo(tmp_path):
@@ -52,7 +53,7 @@ def test_mono_file_duplicated_for_stereo(tmp_path):
     sf.write(path, _tone(48000, 1.0), 48000, subtype="PCM_16")
     stereo = load_audio(path, _cfg(channels="stereo"))
     assert stereo.shape == (2, 48000)
-    np.testing.assert_array_equal(stereo[0], stereo[1])
+    np.testing.assert_array_equal(stereo[0], stereo[1])  # a copy of the one channel
 
 
 @pytest.mark.parametrize("method", ["soxr_hq", "soxr_vhq", "scipy"])
@@ -81,7 +82,7 @@ def test_pad_and_cut_to_duration(tmp_path):
     assert b.shape == (1, 48000)
     c = load_audio(long, _cfg(duration=None))
     assert c.shape == (1, 144000)
-    np.testing.assert_array_equal(b, c[:, :48000])
+    np.testing.assert_array_equal(b, c[:, :48000])  # same decoded samples, only cut: no arithmetic
 
 
 # ---------------------------------------------------------------- errors
@@ -121,6 +122,8 @@ def test_zero_frames(tmp_path):
     with pytest.raises(UserError) as e:
         load_audio(path, _cfg())
     assert _message(e) == f"{path}: no audio samples (0 frames)"
+    with pytest.raises(AudioProblem, match="no audio samples"):
+        check_audio(path)
 
 
 def test_much_shorter_than_duration(tmp_path):
@@ -141,7 +144,7 @@ def test_truncated_wav(tmp_path):
         load_audio(path, _cfg(duration=10.0))
     assert _message(e) == f"{path}: truncated WAV file (header says 10.0 s of audio, the file holds 8.0 s)"
     with pytest.raises(UserError, match="truncated WAV"):
-        audio_info(path)
+        check_audio(path)
 
 
 def test_truncated_flac(tmp_path):
@@ -155,10 +158,10 @@ def test_truncated_flac(tmp_path):
     assert _message(e).startswith(f"{path}: cannot decode audio (")
 
 
-def test_audio_info_reads_header(tmp_path):
+def test_check_audio_gives_the_header(tmp_path):
     path = tmp_path / "i.flac"
     sf.write(path, _tone(16000, 2.5, channels=2), 16000, subtype="PCM_24")
-    info = audio_info(path)
+    info = check_audio(path)
     assert info == {
         "sample_rate": 16000,
         "channels": 2,
@@ -168,4 +171,21 @@ def test_audio_info_reads_header(tmp_path):
         "format": "FLAC",
     }
     with pytest.raises(UserError, match="file not found"):
-        audio_info(tmp_path / "nope.wav")
+        check_audio(tmp_path / "nope.wav")
+
+
+@pytest.mark.parametrize("subtype,bad", [("FLOAT", np.nan), ("FLOAT", -np.inf), ("DOUBLE", np.inf)])
+def test_nan_or_inf_samples_are_bad_for_check_audio_and_load_audio(tmp_path, subtype, bad):
+    path = tmp_path / "n.wav"
+    x = _tone(48000, 2.0, channels=2)
+    x[SCAN_BLOCK_FRAMES + 5, 1] = bad  # in the second block check_audio reads
+    sf.write(path, x, 48000, subtype=subtype)
+    with pytest.raises(AudioProblem) as e:
+        check_audio(path)
+    assert _message(e) == f"{path}: audio contains NaN or infinite samples"
+    with pytest.raises(AudioProblem) as e:
+        load_audio(path, _cfg(duration=2.0))
+    assert _message(e) == f"{path}: audio contains NaN or infinite samples"
+    x[SCAN_BLOCK_FRAMES + 5, 1] = 0.0
+    sf.write(path, x, 48000, subtype=subtype)
+    assert check_audio(path)["frames"] == 96000

@@ -23,18 +23,16 @@ from dcase_effdl.compress.binary import (
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
 from dcase_effdl.data.digits import load_digits_bundle
-from dcase_effdl.models import build_model
+from dcase_effdl.models import ModelSpec
 from dcase_effdl.compress.size import size_report
-from dcase_effdl.training.loop import fit
 
-BASELINE = {"name": "dcase2020_baseline", "params": {}, "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500}
-DIGITS = {"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8}
+BASELINE = ModelSpec.from_dict({"name": "dcase2020_baseline", "params": {}, "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500})
+DIGITS = ModelSpec.from_dict({"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8})
 
 
 def _build(spec, seed=0):
     torch.manual_seed(seed)
-    return build_model(spec["name"], spec["params"], n_classes=spec["n_classes"], in_channels=spec["in_channels"],
-                       n_mels=spec["n_mels"], n_frames=spec["n_frames"])
+    return spec.build()
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +65,7 @@ def _accuracy(model, bundle):
 def _ctx(bundle, spec, tmp_path=None):
     cfg = TrainConfig(batch_size=32, lr=1e-3)
 
-    def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=()):
-        fit(model, bundle, cfg, seed=0, epochs=epochs, lr=lr, loss_fn=loss_fn, hooks=hooks)
-        return model
-
-    return CompressContext(bundle=bundle, fine_tune=fine_tune, seed=0, model_spec=spec, work_dir=tmp_path)
+    return CompressContext(bundle=bundle, train=cfg, seed=0, model_spec=spec, work_dir=tmp_path, size_policy="dcase2020")
 
 
 def test_forward_is_sign_times_scale_and_gradient_goes_straight_through():

@@ -117,3 +117,50 @@ def test_layout_error_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert err.count("\n") == 1 and "meta.csv: file not found" in err and "did you mean" in err
+
+
+RECIPE = """\
+name: nan_check
+features: {features}
+dataset:
+  root: {root}
+model:
+  name: dcase2020_baseline
+train:
+  epochs: 1
+  batch_size: 4
+variants:
+  - name: float32
+    compress: []
+cache_dir: {cache}
+"""
+
+
+def test_nan_samples_reported_by_check_data_and_by_run_before_extraction(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    root = _write_tau(tmp_path / "tau")
+    test_fold = [f"audio/{name}.wav" for name, _ in NAMES[4:]]
+    (root / "evaluation_setup" / "fold1_test.csv").write_text("filename\n" + "\n".join(test_fold) + "\n")  # run needs it
+    bad = "audio/park-paris-104-3021-a.wav"
+    x = (0.1 * np.random.default_rng(1).standard_normal((480000, 2))).astype(np.float32)
+    x[300000, 0] = np.nan
+    sf.write(root / bad, x, 48000, subtype="FLOAT")  # only float files can hold NaN
+
+    # check-data and run call the same check (features.audio.check_audio).
+    rc = main(["check-data", str(root)])
+    out = capsys.readouterr().out
+    assert rc == 1
+    unreadable = next(line for line in out.splitlines() if line.startswith("UNREADABLE:"))
+    assert unreadable == f"UNREADABLE: 1 audio file(s): {bad}: audio contains NaN or infinite samples"
+
+    recipe = tmp_path / "recipe.yaml"
+    features = Path(__file__).resolve().parents[1] / "features" / "dcase2020_baseline.yaml"
+    recipe.write_text(RECIPE.format(features=features, root=root, cache=tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "dcase_effdl", "run", str(recipe), "--out", str(tmp_path / "run")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert f"{root / bad}: audio contains NaN or infinite samples" in proc.stderr
+    assert not list((tmp_path / "cache").rglob("*.npy"))  # stopped before extracting anything

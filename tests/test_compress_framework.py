@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import struct
 
 import pytest
@@ -18,16 +19,16 @@ from dcase_effdl.compress import (
     parse_steps,
 )
 from dcase_effdl.errors import UserError
-from dcase_effdl.models import build_model
+from dcase_effdl.models import ModelSpec, model_params
 from dcase_effdl.compress.size import size_report
 
-SPEC = {"name": "dcase2020_baseline", "params": {"conv_filters": [8, 16], "dense_units": 20},
-        "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500}
+SPEC = ModelSpec.from_dict({"name": "dcase2020_baseline", "params": {"conv_filters": [8, 16], "dense_units": 20},
+                            "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500})
 
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    model = build_model(SPEC["name"], SPEC["params"])
+    model = SPEC.build()
     with torch.no_grad():  # trained-like: non-zero biases and batch-norm statistics
         for name, p in model.named_parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -60,7 +61,7 @@ def test_parse_steps_errors_name_recipe_and_step():
 
 def test_no_steps_round_trip_is_exact(tmp_path):
     model = _model()
-    variant = apply_steps(model, [], CompressContext(model_spec=SPEC))
+    variant = apply_steps(model, [], CompressContext(model_spec=SPEC, size_policy="dcase2020"))
     assert variant.module is not model  # the parent is shared by all variants
     assert variant.complexity_management == "none"
     path = variant.save(tmp_path / "model.safetensors")
@@ -73,7 +74,7 @@ def test_float16_storage_round_trip_and_size(tmp_path):
     model = _model()
     logs = []
     steps = parse_steps([{"method": "float16"}], "r.yaml: variants[0].compress")
-    variant = apply_steps(model, steps, CompressContext(model_spec=SPEC, log=logs.append))
+    variant = apply_steps(model, steps, CompressContext(model_spec=SPEC, log=logs.append, size_policy="dcase2020"))
     assert variant.complexity_management == "float16"
     assert variant.precisions == {"float16"}
     for p in variant.module.parameters():
@@ -108,7 +109,7 @@ def test_sparse_tensors_are_stored_sparse(tmp_path):
     with torch.no_grad():
         w = model.features[1][0].weight
         w[w.abs() < w.abs().median()] = 0  # half the big conv's weights
-    variant = apply_steps(model, parse_steps([{"method": "float16"}], "r"), CompressContext(model_spec=SPEC))
+    variant = apply_steps(model, parse_steps([{"method": "float16"}], "r"), CompressContext(model_spec=SPEC, size_policy="dcase2020"))
     path = variant.save(tmp_path / "m.safetensors")
     report = size_report(variant)
     mask_bytes = 8 * 16 * 49 // 8
@@ -121,11 +122,11 @@ def test_float16_refuses_a_model_already_in_int8():
     m.register_buffer("weight", torch.ones(4, dtype=torch.int8))
     m.tensor_roles = {"weight": "weight"}
     with pytest.raises(UserError, match=r"r\[0\]: float16 cannot apply to a model whose weights are already int8"):
-        apply_steps(m, parse_steps([{"method": "float16"}], "r"), CompressContext())
+        apply_steps(m, parse_steps([{"method": "float16"}], "r"), CompressContext(size_policy="dcase2020"))
 
 
 def _saved(tmp_path):
-    variant = apply_steps(_model(), parse_steps([{"method": "float16"}], "r"), CompressContext(model_spec=SPEC))
+    variant = apply_steps(_model(), parse_steps([{"method": "float16"}], "r"), CompressContext(model_spec=SPEC, size_policy="dcase2020"))
     return variant.save(tmp_path / "model.safetensors")
 
 
@@ -172,7 +173,7 @@ def test_missing_and_foreign_files(tmp_path):
 
 
 def test_values_changed_after_float16_are_refused_at_save(tmp_path):
-    variant = apply_steps(_model(), parse_steps([{"method": "float16"}], "r"), CompressContext(model_spec=SPEC))
+    variant = apply_steps(_model(), parse_steps([{"method": "float16"}], "r"), CompressContext(model_spec=SPEC, size_policy="dcase2020"))
     with torch.no_grad():
         variant.module.features[0][0].weight.add_(1e-4)
     with pytest.raises(UserError, match="not exactly representable"):
@@ -204,9 +205,9 @@ def test_binary_tensors_pack_one_bit_each(tmp_path):
 def test_file_overhead_is_small_for_many_small_tensors(tmp_path):
     """Hundreds of tiny tensors: the index is compressed and tensors share blobs, so the file stays
     within a few KB of the stored bytes."""
-    spec = {**SPEC, "params": {"conv_filters": [4] * 8, "pool_sizes": [[1, 1]] * 8, "dense_units": 4}}
-    model = build_model(spec["name"], spec["params"])
-    variant = apply_steps(model, parse_steps([{"method": "float16"}], "r"), CompressContext(model_spec=spec))
+    spec = replace(SPEC, params=model_params(SPEC.family, {"conv_filters": [4] * 8, "pool_sizes": [[1, 1]] * 8, "dense_units": 4}))
+    model = spec.build()
+    variant = apply_steps(model, parse_steps([{"method": "float16"}], "r"), CompressContext(model_spec=spec, size_policy="dcase2020"))
     path = variant.save(tmp_path / "m.safetensors")
     stored = sum(r["dense_size_bytes"] for r in size_report(variant)["rows"])
     assert path.stat().st_size - stored < 3 * 1024

@@ -14,7 +14,7 @@ from dcase_effdl.config import TrainConfig
 from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
 from dcase_effdl.compress.macs import count_macs
-from dcase_effdl.models import build_model
+from dcase_effdl.models import ModelSpec, build_model
 from dcase_effdl.compress.size import size_report
 
 SPEC = {"name": "dcase2020_baseline", "params": {"conv_filters": [8, 16], "dense_units": 20},
@@ -49,7 +49,7 @@ def trained():
 
 
 def _spec():
-    return {**SPEC, "params": {**SPEC["params"], **POOLS}}
+    return ModelSpec.from_dict({**SPEC, "params": {**SPEC["params"], **POOLS}})
 
 
 def _bundle() -> DataBundle:
@@ -60,7 +60,7 @@ def _bundle() -> DataBundle:
 
 def _int8(model, steps=({"method": "int8"},), **ctx):
     return apply_steps(model, parse_steps(list(steps), "r.yaml: variants[1].compress"),
-                       CompressContext(bundle=_bundle(), model_spec=_spec(), **ctx))
+                       CompressContext(bundle=_bundle(), model_spec=_spec(), size_policy="dcase2020", **ctx))
 
 
 class _OpLog(TorchDispatchMode):
@@ -154,19 +154,17 @@ def test_per_tensor_and_keep_float(trained):
 
 
 def test_qat_fine_tunes_with_fake_quantization(trained):
-    from dcase_effdl.training.loop import fit
-
     seen = {}
 
-    def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=()):
-        seen["fake"] = sum(1 for m in model.modules() if type(m).__name__ == "FakeQuantLayer")
-        seen["epochs"], seen["lr"] = epochs, lr
-        fit(model, bundle, TrainConfig(epochs=epochs, batch_size=32), seed=0, epochs=epochs, lr=lr)
-        return model
+    class Recording(CompressContext):
+        def fine_tune(self, model, tune):
+            seen["fake"] = sum(1 for m in model.modules() if type(m).__name__ == "FakeQuantLayer")
+            seen["epochs"], seen["lr"] = tune.epochs, tune.lr
+            return super().fine_tune(model, tune)
 
-    bundle = _bundle()
     variant = apply_steps(trained, parse_steps([{"method": "int8", "qat_epochs": 1, "qat_lr": 1e-4}], "r"),
-                          CompressContext(bundle=bundle, model_spec=_spec(), fine_tune=fine_tune))
+                          Recording(bundle=_bundle(), model_spec=_spec(), train=TrainConfig(epochs=1, batch_size=32),
+                                    size_policy="dcase2020"))
     assert seen == {"fake": 4, "epochs": 1, "lr": 1e-4}
     assert variant.complexity_management == "int8 quantization-aware training"
     assert sum(isinstance(m, K._Int8Layer) for m in variant.module.modules()) == 4
@@ -181,7 +179,7 @@ def test_bad_input(trained):
     with pytest.raises(UserError, match="calibration_samples must be >= 1"):
         parse_steps([{"method": "int8", "calibration_samples": 0}], "r.yaml: variants[1].compress")
     with pytest.raises(UserError, match=r"compress\[0\]: int8 calibration needs training data"):
-        apply_steps(trained, parse_steps([{"method": "int8"}], "r.yaml: variants[1].compress"), CompressContext())
+        apply_steps(trained, parse_steps([{"method": "int8"}], "r.yaml: variants[1].compress"), CompressContext(size_policy="dcase2020"))
     with pytest.raises(UserError, match=r"compress\[1\]: int8 cannot apply to a model whose weights are already int8"):
         _int8(trained, [{"method": "int8"}, {"method": "int8"}])
     with pytest.raises(UserError, match="keep_float names no module: 'classifier.9'"):
@@ -255,6 +253,6 @@ def test_untraceable_models_fall_back_to_sequential_neighbours():
         ("block.0", "block.1", True, None), ("head", None, False, None)]
     x = torch.randn(16, 1, 8, 8)
     bundle = DataBundle(["a", "b", "c"], x, torch.zeros(16, dtype=torch.long), x, x, x, None, [])
-    variant = apply_steps(model, parse_steps([{"method": "int8"}], "r"), CompressContext(bundle=bundle))
+    variant = apply_steps(model, parse_steps([{"method": "int8"}], "r"), CompressContext(bundle=bundle, size_policy="dcase2020"))
     with torch.no_grad():
         assert (variant.module(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()

@@ -94,10 +94,10 @@ def _walk_strings(node):
 def test_shipped_recipes_load_strictly(path):
     recipe, feat = load_recipe(path)
     assert isinstance(recipe, Recipe) and isinstance(feat, FeatureConfig)
-    from dcase_effdl.compress import parse_steps
+    from dcase_effdl.pipeline import resolve
 
-    for i, v in enumerate(recipe.variants):
-        parse_steps(v.compress, f"{path}: variants[{i}].compress")
+    plan = resolve(recipe, feat, str(path))  # typed model knobs and steps, model built, steps dry-run
+    assert [v.name for v in plan.variants] == [v.name for v in recipe.variants]
     for text in _walk_strings(yaml.safe_load(path.read_text())):
         assert not text.startswith("/"), f"{path.name}: absolute path {text}"
 

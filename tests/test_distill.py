@@ -14,10 +14,10 @@ from dcase_effdl.compress.distill import kd_loss, logits_of, soft_targets, teach
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
 from dcase_effdl.data.digits import load_digits_bundle
-from dcase_effdl.models import build_model
-from dcase_effdl.training.loop import fit
+from dcase_effdl.models import ModelSpec, build_model
+from dcase_effdl.training.loop import FineTune, fit
 
-DIGITS = {"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8}
+DIGITS = ModelSpec.from_dict({"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8})
 SMALL = {"channels": [8, 16, 16], "hidden": 32}
 
 
@@ -34,13 +34,13 @@ def digits():
 def _ctx(bundle, tmp_path, calls=None):
     cfg = TrainConfig(batch_size=32, lr=3e-3)
 
-    def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=()):
-        if calls is not None:
-            calls.append((sum(p.numel() for p in model.parameters()), epochs, loss_fn is not None))
-        fit(model, bundle, cfg, seed=0, epochs=epochs, lr=lr, loss_fn=loss_fn, hooks=hooks)
-        return model
+    class Recording(CompressContext):
+        def fine_tune(self, model, tune):
+            if calls is not None:
+                calls.append((sum(p.numel() for p in model.parameters()), tune.epochs, tune.loss_fn is not None))
+            return super().fine_tune(model, tune)
 
-    return CompressContext(bundle=bundle, fine_tune=fine_tune, seed=0, model_spec=DIGITS, work_dir=tmp_path / "work")
+    return Recording(bundle=bundle, train=cfg, seed=0, model_spec=DIGITS, work_dir=tmp_path / "work", size_policy="dcase2020")
 
 
 def test_kd_loss_matches_hand_computation():
@@ -87,9 +87,9 @@ def test_student_learns_from_run_folder_ensemble_without_labels(tmp_path, digits
     runs = []
     for seed in (0, 1):
         teacher = _build(seed=seed)
-        fit(teacher, digits, TrainConfig(batch_size=32, lr=3e-3), seed=seed, epochs=3)
+        fit(teacher, digits, TrainConfig(batch_size=32, lr=3e-3), seed=seed, tune=FineTune(epochs=3))
         run = tmp_path / f"run{seed}"
-        apply_steps(teacher, [], CompressContext(model_spec=DIGITS)).save(run / "float32" / "model.safetensors")
+        apply_steps(teacher, [], CompressContext(model_spec=DIGITS, size_policy="dcase2020")).save(run / "float32" / "model.safetensors")
         runs.append(str(run))
     ctx = _ctx(digits, tmp_path)
     cfg = parse_steps([{"method": "distill", "teacher": runs, "alpha": 1.0, "epochs": 3, "temperature": 2.0}], "kd.yaml: v")

@@ -24,11 +24,15 @@ FOLDER = "TAU-test-dataset"
 
 class _Server:
     """Serves `files` (name -> bytes) with Range support; `cut` (name -> [n_bytes, ...]) makes the
-    k-th request for a name send only that many bytes of its body and then drop the connection."""
+    k-th request for a name send only that many bytes of its body and then drop the connection;
+    `extra` (name -> n_bytes) makes it announce no length and send that many more bytes after the
+    body, counting in `sent` (name -> bytes) how many the client took before it hung up."""
 
     def __init__(self, files: dict[str, bytes]):
         self.files = files
         self.cut: dict[str, list[int]] = {}
+        self.extra: dict[str, int] = {}
+        self.sent: dict[str, int] = {}
         self.requests: list[tuple[str, str | None]] = []
         self.honour_range = True
         server = self
@@ -58,6 +62,19 @@ class _Server:
                 else:
                     self.send_response(200)
                 body = data[start:]
+                if name in server.extra:  # no length: the body ends when the connection closes
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    stream = body + bytes(server.extra[name])
+                    server.sent[name] = 0
+                    try:
+                        for i in range(0, len(stream), 1 << 16):
+                            self.wfile.write(stream[i:i + (1 << 16)])
+                            server.sent[name] += len(stream[i:i + (1 << 16)])
+                    except OSError:  # the client hung up
+                        pass
+                    return
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 plan = server.cut.get(name)
@@ -227,6 +244,60 @@ def test_size_mismatch_reported_before_downloading(tmp_path):
     with _Server(zips) as server:
         with pytest.raises(UserError, match=r"server reports \d+ bytes, the file list expects \d+"):
             download.download_dataset(spec, tmp_path, mirror=server.url, **FAST)
+
+
+class _SizeWatch:
+    """Records the largest size every file opened through it reaches (download.py's `open`)."""
+
+    def __init__(self):
+        self.largest: dict[str, int] = {}
+
+    def open(self, path, mode="r", *args, **kwargs):
+        fh = open(path, mode, *args, **kwargs)
+        if "b" in mode and ("w" in mode or "a" in mode):
+            write = fh.write
+
+            def tracked(data):
+                n = write(data)
+                self.largest[Path(path).name] = max(self.largest.get(Path(path).name, 0), fh.tell())
+                return n
+
+            fh.write = tracked
+        return fh
+
+
+def test_server_sending_more_than_the_file_is_stopped_at_its_size(tmp_path, monkeypatch):
+    """The issue's case: 50 MB streamed, no length announced, for a file of 1,226 bytes."""
+    meta = b"filename\tscene_label\n" + b"audio/a.wav\tindoor\n" * 53 + b"audio/" + b"b" * 32 + b".wav\tindoor\n"
+    zips = {"small.meta.zip": _zip({f"{FOLDER}/meta.csv": meta})}
+    size = len(zips["small.meta.zip"])
+    assert size == 1226
+    spec = _spec(zips)
+    watch = _SizeWatch()
+    monkeypatch.setattr(download, "open", watch.open, raising=False)  # the module's open, not everyone's
+    part = tmp_path / "downloads" / "small.meta.zip.part"
+    with _Server(zips) as server:
+        server.extra["small.meta.zip"] = 50_000_000
+        with pytest.raises(UserError) as info:
+            download.download_dataset(spec, tmp_path, mirror=server.url, **FAST)
+        assert str(info.value) == (
+            f"{server.url}small.meta.zip: server sent more than the {size} bytes the file list expects "
+            f"({download.CHUNK_BYTES} received); stopped and deleted the partial file, run again to download it anew")
+        assert watch.largest.get("small.meta.zip.part", 0) <= size  # never a byte past the expected size
+        assert not part.exists()
+        assert server.sent["small.meta.zip"] < 50_000_000 // 4  # it hung up, it did not take the 50 MB
+        # The same on a resumed download: the Range answer carries more than the rest of the file.
+        part.write_bytes(zips["small.meta.zip"][:500])
+        with pytest.raises(UserError, match=rf"more than the {size} bytes the file list expects \({500 + download.CHUNK_BYTES} received\)"):
+            download.download_dataset(spec, tmp_path, mirror=server.url, **FAST)
+        assert watch.largest.get("small.meta.zip.part", 0) <= size and not part.exists()
+        # A server that behaves again: a correct resume from a partial file still works.
+        del server.extra["small.meta.zip"]
+        part.write_bytes(zips["small.meta.zip"][:700])
+        download.download_dataset(spec, tmp_path, mirror=server.url, **FAST)
+    assert server.requests[-1] == ("small.meta.zip", "bytes=700-")
+    assert watch.largest["small.meta.zip.part"] == size  # the watch sees the writes it bounds above
+    assert (tmp_path / FOLDER / "meta.csv").read_bytes() == meta
 
 
 def test_mirror_from_environment_and_zip_slip_refused(tmp_path, monkeypatch):

@@ -11,10 +11,10 @@ from dcase_effdl.compress.factorize import choose_rank, low_rank_pair, lowrank_c
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
 from dcase_effdl.data.digits import load_digits_bundle
-from dcase_effdl.models import build_model
-from dcase_effdl.training.loop import fit
+from dcase_effdl.models import ModelSpec, build_model
+from dcase_effdl.training.loop import FineTune, fit
 
-DIGITS = {"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8}
+DIGITS = ModelSpec.from_dict({"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8})
 
 
 def _build(seed=0):
@@ -25,11 +25,7 @@ def _build(seed=0):
 def _ctx(bundle):
     cfg = TrainConfig(batch_size=32, lr=3e-3)
 
-    def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=()):
-        fit(model, bundle, cfg, seed=0, epochs=epochs, lr=lr, loss_fn=loss_fn, hooks=hooks)
-        return model
-
-    return CompressContext(bundle=bundle, fine_tune=fine_tune, seed=0, model_spec=DIGITS)
+    return CompressContext(bundle=bundle, train=cfg, seed=0, model_spec=DIGITS, size_policy="dcase2020")
 
 
 def test_rank_r_reconstruction_error_is_the_tail_of_the_spectrum():
@@ -90,7 +86,7 @@ def test_default_candidates():
 def test_factorized_variant_shrinks_learns_and_round_trips(tmp_path, step):
     bundle = load_digits_bundle(seed=0)
     parent = _build()
-    fit(parent, bundle, TrainConfig(batch_size=32, lr=3e-3), seed=0, epochs=2)
+    fit(parent, bundle, TrainConfig(batch_size=32, lr=3e-3), seed=0, tune=FineTune(epochs=2))
     steps = parse_steps([step, {"method": "float16"}], "lowrank.yaml: variants[1].compress")
     variant = apply_steps(parent, steps, _ctx(bundle))
     h = variant.history[0]
@@ -111,4 +107,4 @@ def test_bad_knobs():
         parse_steps([{"method": "lowrank", "energy": 1.5}], "lowrank.yaml: variants[1].compress")
     steps = parse_steps([{"method": "separable", "layers": ["nothing.*"]}], "lowrank.yaml: variants[1].compress")
     with pytest.raises(UserError, match="no full k x k Conv2d"):
-        apply_steps(_build(), steps, CompressContext(model_spec=DIGITS))
+        apply_steps(_build(), steps, CompressContext(model_spec=DIGITS, size_policy="dcase2020"))

@@ -39,7 +39,11 @@ def _clips(root: Path, n: int, **kw) -> list[str]:
 
 
 def _expected(root: Path, name: str, store) -> np.ndarray:
-    """The features computed directly, rounded to the dtype the cache stores."""
+    """The features computed directly, rounded to the dtype the cache stores.
+
+    Equal to the cached entry bit for bit by construction: the cache calls the same load_audio and
+    logmel, and logmel computes each clip alone, in fixed shapes, with one intra-op thread.
+    """
     stored = np.load(store.entry_path(name), allow_pickle=False).dtype
     return logmel(load_audio(root / name, CFG), CFG).astype(stored).astype(np.float32)
 
@@ -71,7 +75,7 @@ def test_extract_then_reuse(tmp_path):
     again = extract_features(root, names[::-1], CFG, cache, workers=1, progress=False)  # other order
     assert (again.n_computed, again.n_reused) == (0, 4)
     assert _mtimes(again) == before  # nothing rewritten
-    np.testing.assert_array_equal(again.load_many(names), store.load_many(names))
+    np.testing.assert_array_equal(again.load_many(names), store.load_many(names))  # the same files, reused
 
 
 def test_leftover_temp_file_is_ignored_and_entry_recomputed(tmp_path):
@@ -92,7 +96,7 @@ def test_leftover_temp_file_is_ignored_and_entry_recomputed(tmp_path):
 
     again = extract_features(root, names, CFG, cache, workers=1, progress=False)
     assert (again.n_computed, again.n_reused) == (1, 2)
-    np.testing.assert_array_equal(again.load(names[1]), reference)
+    np.testing.assert_array_equal(again.load(names[1]), reference)  # recomputed: bit-equal as in _expected
     assert fresh_tmp.exists()  # may belong to a live run: left alone
     assert not old_tmp.exists()  # a crashed run's leftover: removed
 
@@ -130,7 +134,7 @@ def test_damaged_entry_recomputed_by_extraction_and_reported_by_load(tmp_path):
 
     again = extract_features(root, names, CFG, cache, workers=1, progress=False)
     assert (again.n_computed, again.n_reused) == (1, 1)  # wrong size: recomputed, not trusted
-    np.testing.assert_array_equal(again.load(names[0]), reference)
+    np.testing.assert_array_equal(again.load(names[0]), reference)  # recomputed: bit-equal as in _expected
 
 
 def test_changed_definition_uses_another_folder(tmp_path):
@@ -220,7 +224,123 @@ def test_parallel_equals_serial_bit_for_bit(tmp_path):
     assert parallel.n_computed == len(names) and parallel.filenames == serial.filenames
     a, b = serial.load_many(names), parallel.load_many(names)
     assert a.shape == (len(names), *SHAPE)
+    # Bit-equal by construction: a worker thread runs the same per-clip, one-thread logmel as the serial path.
     np.testing.assert_array_equal(a, b)
     for name in names:  # same entry names, same bytes
         assert serial.entry_path(name).name == parallel.entry_path(name).name
         assert serial.entry_path(name).read_bytes() == parallel.entry_path(name).read_bytes()
+
+
+def _copy_with_one_changed_and_one_empty(src: Path, dst: Path, names: list[str]) -> tuple[str, str]:
+    """A copy of a dataset (same names, sizes and mtimes) whose names[1] holds other audio of the same
+    size and mtime and whose names[2] is empty: (changed name, empty name)."""
+    import shutil
+
+    shutil.copytree(src, dst)  # copy2: mtimes kept, so only the path tells the copies apart
+    changed, empty = names[1], names[2]
+    stat = (dst / changed).stat()
+    _write(dst, changed, seed=99)
+    assert (dst / changed).stat().st_size == stat.st_size
+    os.utime(dst / changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (dst / empty).write_bytes(b"")
+    return changed, empty
+
+
+def _entry_files(cache: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")}
+
+
+def test_two_datasets_with_the_same_names_keep_their_own_entries(tmp_path):
+    cache = tmp_path / "cache"
+    names = _clips(tmp_path / "a", 5)
+    original = extract_features(tmp_path / "a", names, CFG, cache, workers=1, progress=False)
+    features_a = original.load_many(names)
+    kept = _entry_files(cache)
+    changed, empty = _copy_with_one_changed_and_one_empty(tmp_path / "a", tmp_path / "b", names)
+
+    with pytest.raises(UserError, match=f"^{tmp_path / 'b' / empty}: empty file"):
+        extract_features(tmp_path / "b", names, CFG, cache, workers=1, progress=False)
+    assert _entry_files(cache) == kept  # the bad copy removed and rewrote nothing
+
+    copy = extract_features(tmp_path / "b", names, CFG, cache, workers=1, on_bad_audio="skip", progress=False)
+    assert copy.problems == [(empty, "empty file (0 bytes)")]
+    assert (copy.n_computed, copy.n_reused) == (4, 0)  # the copy's own entries, none shared
+    assert all(copy.entry_path(n) != original.entry_path(n) for n in copy.filenames)
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # the original's entries untouched
+    np.testing.assert_array_equal(copy.load(changed), _expected(tmp_path / "b", changed, copy))
+    assert not np.array_equal(copy.load(changed), original.load(changed))  # its own audio, not a's
+
+    again = extract_features(tmp_path / "a", names, CFG, cache, workers=1, progress=False)
+    assert (again.n_computed, again.n_reused) == (0, 5)
+    np.testing.assert_array_equal(again.load_many(names), features_a)  # the same entries, reused
+
+
+def test_a_file_turned_bad_keeps_the_entry_of_its_good_version(tmp_path):
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    names = _clips(root, 3)
+    store = extract_features(root, names, CFG, cache, workers=1, progress=False)
+    good = (root / names[0]).read_bytes()
+    stat = (root / names[0]).stat()
+    (root / names[0]).write_bytes(b"")  # e.g. an interrupted re-copy
+    with pytest.raises(UserError, match="empty file"):
+        extract_features(root, names, CFG, cache, workers=1, progress=False)
+    assert store.entry_path(names[0]).exists()  # not replaced by anything: kept
+    (root / names[0]).write_bytes(good)
+    os.utime(root / names[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))  # restored as it was
+    again = extract_features(root, names, CFG, cache, workers=1, progress=False)
+    assert (again.n_computed, again.n_reused) == (0, 3)
+
+
+_EXTRACT_WHEN_TOLD = """
+import json, sys, time
+from pathlib import Path
+from dcase_effdl.config import FeatureConfig
+from dcase_effdl.features.cache import extract_features
+from dcase_effdl.features.logmel import frontend_arrays
+root, cache, names, on_bad = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split(","), sys.argv[4]
+cfg = FeatureConfig(name="small", sample_rate=16000, duration=1.0, n_fft=512, win_length=400, hop_length=160, n_mels=32)
+frontend_arrays(cfg)  # imports done: say ready, then start together with the other process
+(root.parent / f"{root.name}.ready").touch()
+while not (root.parent / "go").exists():
+    time.sleep(0.002)
+store = extract_features(root, names, cfg, cache, workers=1, on_bad_audio=on_bad, progress=False)
+print(json.dumps({"computed": store.n_computed, "problems": store.problems}))
+"""
+
+
+@pytest.mark.slow
+def test_two_datasets_with_the_same_names_on_one_cache_at_once(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    names = _clips(tmp_path / "a", 12)
+    changed, empty = _copy_with_one_changed_and_one_empty(tmp_path / "a", tmp_path / "b", names)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _EXTRACT_WHEN_TOLD, str(tmp_path / name), str(cache), ",".join(names),
+                          on_bad], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, on_bad in (("a", "stop"), ("b", "skip"))
+    ]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"{name}.ready").exists() for name in "ab"):
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        assert time.monotonic() < deadline, "the extraction processes did not start within 120 s"
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert results[0] == {"computed": 12, "problems": []}
+    assert results[1] == {"computed": 11, "problems": [[empty, "empty file (0 bytes)"]]}
+    assert len(list(cache.rglob("*.npy"))) == 12 + 11  # each dataset its own entries
+
+    a = extract_features(tmp_path / "a", names, CFG, cache, workers=1, progress=False)
+    b = extract_features(tmp_path / "b", names, CFG, cache, workers=1, on_bad_audio="skip", progress=False)
+    assert (a.n_computed, a.n_reused, b.n_computed, b.n_reused) == (0, 12, 0, 11)
+    for store, root in ((a, tmp_path / "a"), (b, tmp_path / "b")):
+        for name in store.filenames:
+            np.testing.assert_array_equal(store.load(name), _expected(root, name, store))
+    assert not np.array_equal(a.load(changed), b.load(changed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -75,7 +76,73 @@ def test_killed_extraction_resumes_and_gives_identical_features(tmp_path):
     fresh = extract_features(root, names, CFG, tmp_path / "fresh", workers=1, progress=False)
     a, b = store.load_many(names), fresh.load_many(names)
     assert a.shape == (60, 1, 40, 101)
+    # Byte equality is guaranteed by construction: each clip's features are computed alone, in fixed
+    # shapes, with one intra-op thread, whichever worker and run computed them (see logmel_batch).
     np.testing.assert_array_equal(a, b)
+    for name in names:
+        assert store.entry_path(name).read_bytes() == fresh.entry_path(name).read_bytes(), name
+
+
+# Run with OMP_NUM_THREADS and torch.set_num_threads at N: one clip's entry alone, the 7 clips' entries
+# extracted together, the 16 clips' entries computed by 2 worker threads, and the entry bytes that
+# logmel_batch gives for batches of 3 and 7 clips; prints {case: {filename: sha256 of the entry bytes}}.
+_DIGESTS_SCRIPT = """
+import hashlib, io, json, sys
+from pathlib import Path
+import numpy as np, torch
+from dcase_effdl.config import FeatureConfig
+from dcase_effdl.features.audio import load_audio
+from dcase_effdl.features.cache import extract_features, storage_dtype
+from dcase_effdl.features.logmel import logmel_batch
+
+root, cache, threads = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(threads)
+cfg = FeatureConfig(name="t", sample_rate=48000, duration=2.0)
+names = [f"audio/park-paris-{i}-{1000 + i}-a.wav" for i in range(16)]
+digest = lambda data: hashlib.sha256(data).hexdigest()
+
+def entries(case, subset, workers):
+    store = extract_features(root, subset, cfg, cache / case, workers=workers, progress=False)
+    assert store.n_computed == len(subset) and store.n_workers == workers
+    return {n: digest(store.entry_path(n).read_bytes()) for n in subset}
+
+def batched(size):
+    audio = np.stack([load_audio(root / n, cfg) for n in names[:7]])
+    out = {}
+    for start in range(0, 7, size):
+        feats = logmel_batch(audio[start : start + size], cfg)
+        for name, clip in zip(names[start : start + size], feats):
+            buf = io.BytesIO()
+            np.save(buf, clip.astype(storage_dtype(cfg)), allow_pickle=False)  # as the cache writes it
+            out[name] = digest(buf.getvalue())
+    return out
+
+print(json.dumps({"alone": entries("alone", names[:1], 1), "seven": entries("seven", names[:7], 1),
+                  "workers": entries("workers", names, 2), "batch3": batched(3), "batch7": batched(7)}))
+"""
+
+
+@pytest.mark.slow
+def test_entry_bytes_do_not_depend_on_batch_thread_count_or_workers(tmp_path):
+    # Exact equality is guaranteed by construction (logmel computes each clip alone, in fixed shapes,
+    # with one intra-op thread); before that, 2 threads changed clips computed in other batch shapes.
+    root = tmp_path / "data"
+    names = _write_clips(root, 16)
+    runs = {}
+    for threads in (1, 2):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        out = subprocess.run([sys.executable, "-c", _DIGESTS_SCRIPT, str(root), str(tmp_path / f"cache{threads}"),
+                              str(threads)], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        runs[threads] = json.loads(out.stdout.strip().splitlines()[-1])
+    reference = runs[1]["alone"][names[0]]
+    for threads, cases in runs.items():
+        assert sorted(cases["workers"]) == sorted(names)
+        for case, digests in cases.items():
+            assert digests[names[0]] == reference, (threads, case)  # the one clip, every way
+            for name, value in digests.items():
+                assert value == runs[1]["workers"][name], (threads, case, name)  # and every other clip
+    assert len(set(runs[1]["workers"].values())) == len(names)  # 16 different clips, 16 different entries
 
 
 @pytest.mark.parametrize("channels", [2, 3])
@@ -85,6 +152,9 @@ def test_mono_downmix_equals_numpy_mean_bit_for_bit(tmp_path, channels):
     data = (0.3 * np.random.default_rng(channels).standard_normal((48000, channels))).astype(np.float32)
     sf.write(tmp_path / "x.wav", data, 48000, subtype="FLOAT")
     out = load_audio(tmp_path / "x.wav", FeatureConfig(name="t", duration=1.0))
+    # Exact by construction: float32 additions are correctly rounded on every CPU (scalar or SIMD), and
+    # both add the channels first to last before one division (numpy sums fewer than 8 terms one after
+    # another; from 8 channels on it switches to pairwise blocks, and the two then differ).
     np.testing.assert_array_equal(out, data.T.mean(axis=0, keepdims=True, dtype=np.float32))
 
 
@@ -173,4 +243,5 @@ def test_float32_entry_from_an_older_cache_is_recomputed(tmp_path):
     np.save(entry, store.load(names[0]) + 1.0, allow_pickle=False)  # float32, as older code wrote
     again = extract_features(root, names, CFG, tmp_path / "cache", workers=1, progress=False)
     assert again.n_reused == 1 and again.n_computed == 1
+    # Recomputed by the same per-clip, one-thread logmel: bit-equal by construction.
     np.testing.assert_array_equal(again.load(names[0]), store.load(names[0]))

@@ -37,7 +37,9 @@ def run(tmp_path):
     _variant(run, "pruned_fp16", "Lastname_INST_task1b_2", 91.66, 0.2345, 345_000, 247_562, 495_124, "pruning + float16")
     _variant(run, "big", None, 93.0, 0.2, 200_000, 200_000, 800_000, "")
     (run / "train").mkdir()  # no metrics.json: not a variant
-    (run / "config.yaml").write_text(yaml.safe_dump({"variants": [{"name": "float32"}, {"name": "pruned_fp16"}, {"name": "big"}, {"name": "unfinished"}]}))
+    # config.yaml is read strictly as a recipe: it needs the recipe's required key 'name'.
+    variants = [{"name": "float32"}, {"name": "pruned_fp16"}, {"name": "big"}, {"name": "unfinished"}]
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": "baseline_run", "variants": variants}))
     return run
 
 

@@ -92,7 +92,7 @@ def test_knobs():
         ({"conv_filters": [32], "pool_sizes": [[5, 5], [4, 100]]}, "one pool per conv block"),
         ({"pool_sizes": [[5, 5], [4]]}, "pairs of positive integers"),
         ({"dropout": 1.5}, "dropout must be in"),
-        ({"dropout": "high"}, "dropout must be in"),
+        ({"dropout": "high"}, r"dropout: expected float"),  # a wrong type: the strict loader says so
         ({"dense_init": "he"}, "dense_init"),
         ({"width": 3}, "unknown parameter 'width'"),
     ],

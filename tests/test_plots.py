@@ -8,7 +8,8 @@ import pytest
 
 from dcase_effdl.cli import main
 from dcase_effdl.errors import UserError
-from dcase_effdl.reporting.plots import plot_accuracy_vs_size, plot_confusion_matrix, read_history, write_run_plots
+from dcase_effdl.reporting.plots import plot_accuracy_vs_size, plot_confusion_matrix, write_run_plots
+from dcase_effdl.rundir import RunDir
 from fake_run import make_dataset, make_run
 
 
@@ -64,10 +65,11 @@ def test_history_without_validation_data(tmp_path):
     """A run without validation clips writes NaN (as JSON NaN): the curves leave it out and say so."""
     from dcase_effdl.reporting.plots import plot_training_curves
 
-    history = tmp_path / "history.json"
-    history.write_text('{"best_epoch": 1, "epochs": [{"epoch": 1, "train_loss": 1.1, "val_loss": NaN, "val_accuracy": NaN},'
-                       ' {"epoch": 2, "train_loss": 0.9, "val_loss": NaN, "val_accuracy": NaN}]}')
-    paths = plot_training_curves({"run": read_history(history)}, tmp_path / "curves")
+    run = RunDir(tmp_path)
+    run.history_path.parent.mkdir()
+    run.history_path.write_text('{"best_epoch": 1, "epochs": [{"epoch": 1, "train_loss": 1.1, "val_loss": NaN, "val_accuracy": NaN},'
+                                ' {"epoch": 2, "train_loss": 0.9, "val_loss": NaN, "val_accuracy": NaN}]}')
+    paths = plot_training_curves({"run": run.history()}, tmp_path / "curves")
     svg = paths[1].read_text()
     assert "no validation data" in svg and "train loss" in svg and "nan" not in svg.lower().replace("nanometer", "")
 
@@ -75,13 +77,14 @@ def test_history_without_validation_data(tmp_path):
 def test_bad_inputs(tmp_path):
     with pytest.raises(UserError, match="confusion_matrix"):
         plot_confusion_matrix({"classes": ["a", "b"], "confusion_matrix": [[1, 2]]}, tmp_path / "cm")
-    bad = tmp_path / "history.json"
-    bad.write_text("{not json")
-    with pytest.raises(UserError, match="cannot read training history"):
-        read_history(bad)
-    bad.write_text(json.dumps({"epochs": [{"loss": 1}]}))
+    run = RunDir(tmp_path)
+    run.history_path.parent.mkdir()
+    run.history_path.write_text("{not json")
+    with pytest.raises(UserError, match=r"history\.json: not valid JSON"):  # the one JSON reader's message
+        run.history()
+    run.history_path.write_text(json.dumps({"epochs": [{"loss": 1}]}))
     with pytest.raises(UserError, match="expected a list of epoch records"):
-        read_history(bad)
+        run.history()
 
 
 def test_plot_command_compares_runs(runs, tmp_path, capsys):

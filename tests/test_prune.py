@@ -19,16 +19,14 @@ from dcase_effdl.compress.prune import (
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
-from dcase_effdl.models import build_model
-from dcase_effdl.training.loop import fit
+from dcase_effdl.models import ModelSpec
 
-DIGITS_SPEC = {"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8}
+DIGITS_SPEC = ModelSpec.from_dict({"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8})
 
 
 def _model(spec=DIGITS_SPEC, seed=0):
     torch.manual_seed(seed)
-    return build_model(spec["name"], spec["params"], n_classes=spec["n_classes"], in_channels=spec["in_channels"],
-                       n_mels=spec["n_mels"], n_frames=spec["n_frames"])
+    return spec.build()
 
 
 def _toy_bundle(n=240, seed=0) -> DataBundle:
@@ -43,13 +41,13 @@ def _toy_bundle(n=240, seed=0) -> DataBundle:
 def _ctx(bundle, tmp_path=None, spec=DIGITS_SPEC, calls=None):
     cfg = TrainConfig(batch_size=32, lr=3e-3)
 
-    def fine_tune(model, epochs, lr=None, loss_fn=None, hooks=(), **kwargs):  # like the pipeline's
-        if calls is not None:
-            calls.append(kwargs)
-        fit(model, bundle, cfg, seed=0, epochs=epochs, lr=lr, loss_fn=loss_fn, hooks=hooks, **kwargs)
-        return model
+    class Recording(CompressContext):
+        def fine_tune(self, model, tune):
+            if calls is not None:
+                calls.append(tune)
+            return super().fine_tune(model, tune)
 
-    return CompressContext(bundle=bundle, fine_tune=fine_tune, seed=0, model_spec=spec, work_dir=tmp_path)
+    return Recording(bundle=bundle, train=cfg, seed=0, model_spec=spec, work_dir=tmp_path, size_policy="dcase2020")
 
 
 def _counted_nonzero(model):
@@ -123,7 +121,7 @@ def test_gradual_pruning_ramps_during_fine_tuning_and_ends_on_target(tmp_path):
     steps = parse_steps([{"method": "prune", "amount": 0.8, "epochs": 4, "ramp_fraction": 0.5}], "t.yaml: variants[0].compress")
     calls = []
     variant = apply_steps(_model(), steps, _ctx(bundle, tmp_path, calls=calls))
-    assert calls == [{"select_best": False}]  # an epoch before the ramp's end is not at the target
+    assert [c.select_best for c in calls] == [False]  # an epoch before the ramp's end is not at the target
     rows = variant.step_meta[0]["ramp"]
     assert [r["sparsity"] for r in rows] == pytest.approx([0.4, 0.8, 0.8, 0.8], abs=1e-4)
     # Only epochs at the full target are scored on validation data (and one of them is kept).
@@ -152,7 +150,7 @@ def test_masks_reapplied_after_each_step():
 
 
 def test_channel_groups_of_the_baseline():
-    spec = {"name": "dcase2020_baseline", "params": {}, "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500}
+    spec = ModelSpec.from_dict({"name": "dcase2020_baseline", "params": {}, "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500})
     groups = channel_groups(_model(spec))
     assert [(g.conv, g.batch_norm, g.consumer, g.consumer_kind) for g in groups] == [
         ("features.0.0", "features.0.1", "features.1.0", "conv"),
@@ -161,7 +159,7 @@ def test_channel_groups_of_the_baseline():
 
 
 def test_channel_pruning_shrinks_the_network_and_keeps_its_function(tmp_path):
-    spec = {"name": "dcase2020_baseline", "params": {}, "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500}
+    spec = ModelSpec.from_dict({"name": "dcase2020_baseline", "params": {}, "n_classes": 3, "in_channels": 1, "n_mels": 40, "n_frames": 500})
     model = _model(spec).eval()
     x = torch.randn(4, 1, 40, 500)
     n_before = sum(p.numel() for p in model.parameters())

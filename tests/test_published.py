@@ -104,7 +104,7 @@ def test_merged_ranking_and_marks(run):
     assert all(r["over_limit"] for r in own)  # 546.88 KB
     md = format_leaderboard(rows, "md")
     assert md.splitlines()[0].startswith("| Rank | Submission label | Technical report | Official system rank | Accuracy (%) | Logloss | Parameters")
-    assert "| **Lastname_INST_task1b_2** |" in md and "546.88 *" in md and "over the size limit (500 KB" in md
+    assert "| **Lastname_INST_task1b_2** |" in md and "546.88 *" in md and "over the size limit (dcase2020: 500.00 KB)" in md
     line = next(x for x in md.splitlines() if "DCASE2020_baseline" in x)
     assert "| 89.5 |" in line and "| 450.07 |" in line and "| published | eval |" in line
 

@@ -14,8 +14,8 @@ import torch
 
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
-from dcase_effdl.training.loop import fit, predict
-from train_helpers import all_techniques, tiny_bundle, tiny_model
+from dcase_effdl.training.loop import FineTune, check_crop, check_options, fit, predict
+from train_helpers import SHAPE, all_techniques, tiny_bundle, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_all_techniques_train_and_resume_exactly(tmp_path):
     assert ref.epochs[0]["lr"] < ref.epochs[1]["lr"] or ref.epochs[1]["lr"] != ref.epochs[2]["lr"]  # warm-up, restarts
 
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_model(), bundle, cfg, seed=1, out_dir=tmp_path / "run", hooks=[Crash(epoch=4)])
+        fit(tiny_model(), bundle, cfg, seed=1, out_dir=tmp_path / "run", tune=FineTune(hooks=(Crash(epoch=4),)))
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 3
     resumed_model = tiny_model()
     resumed = fit(resumed_model, bundle, cfg, seed=1, out_dir=tmp_path / "run", resume=True)
@@ -75,14 +75,14 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     sys.path.insert(0, {tests!r})
     from train_helpers import all_techniques, tiny_bundle, tiny_model
-    from dcase_effdl.training.loop import fit
+    from dcase_effdl.training.loop import FineTune, fit
 
     class KillNine:
         def on_epoch_start(self, epoch, model):
             if epoch == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    fit(tiny_model(), tiny_bundle(), all_techniques(swa=None), seed=2, out_dir={out!r}, hooks=[KillNine()])
+    fit(tiny_model(), tiny_bundle(), all_techniques(swa=None), seed=2, out_dir={out!r}, tune=FineTune(hooks=(KillNine(),)))
     """
 )
 
@@ -128,23 +128,25 @@ def test_checkpoint_of_another_run_or_truncated_is_refused_and_kept(tmp_path):
 
 
 def test_incompatible_options_are_one_line_errors():
+    """Checked by the pipeline's resolve step against the features' shape, before any data is touched."""
     bundle = tiny_bundle()
-    mono = tiny_bundle()
-    mono.x_train = mono.x_train[:, :1]
+    mono = (1, *SHAPE[1:])
     with pytest.raises(UserError, match="channel_swap needs stereo"):
-        fit(tiny_model(), mono, TrainConfig(epochs=1, channel_swap=True, device="cpu"), seed=0)
+        check_options(TrainConfig(epochs=1, channel_swap=True, device="cpu"), mono)
 
     def hard_loss(logits, y, idx):
         return torch.nn.functional.cross_entropy(logits, y)
 
     with pytest.raises(UserError, match="soft"):
-        fit(tiny_model(), bundle, TrainConfig(epochs=1, mixup_alpha=0.4, device="cpu"), seed=0, loss_fn=hard_loss)
+        fit(tiny_model(), bundle, TrainConfig(epochs=1, mixup_alpha=0.4, device="cpu"), seed=0, tune=FineTune(loss_fn=hard_loss))
     hard_loss.accepts_soft_targets = True  # a loss that says it takes soft labels is accepted
     with pytest.raises(UserError, match="time_crop"):
-        fit(tiny_model(), bundle, TrainConfig(epochs=1, time_crop=100, device="cpu"), seed=0)
+        check_options(TrainConfig(epochs=1, time_crop=100, device="cpu"), SHAPE)
+    with pytest.raises(UserError, match="time_roll = 30 is more than the 24 frames"):
+        check_options(TrainConfig(epochs=1, time_roll=30, device="cpu"), SHAPE)
     with pytest.raises(UserError, match="frames"):
         # the baseline's flatten layer fixes its input length: crops cannot be fed to it
-        fit(tiny_model(), bundle, TrainConfig(epochs=1, time_crop=20, device="cpu"), seed=0)
+        check_crop(tiny_model(), TrainConfig(epochs=1, time_crop=20, device="cpu"), SHAPE)
 
 
 def test_loss_fn_gets_batch_indices_and_same_seed_same_numbers():
@@ -157,7 +159,7 @@ def test_loss_fn_gets_batch_indices_and_same_seed_same_numbers():
         return torch.nn.functional.cross_entropy(logits, y)
 
     cfg = TrainConfig(epochs=2, batch_size=8, device="cpu")
-    a = fit(tiny_model(), bundle, cfg, seed=5, loss_fn=loss)
+    a = fit(tiny_model(), bundle, cfg, seed=5, tune=FineTune(loss_fn=loss))
     assert sorted(torch.cat(seen[: len(seen) // 2]).tolist()) == list(range(48))
-    b = fit(tiny_model(), bundle, cfg, seed=5, loss_fn=loss)
+    b = fit(tiny_model(), bundle, cfg, seed=5, tune=FineTune(loss_fn=loss))
     assert numbers(a) == numbers(b)

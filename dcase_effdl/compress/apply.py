@@ -6,43 +6,50 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from dcase_effdl.compress.registry import StepConfig, get_method
 from dcase_effdl.compress.variant import Variant
+from dcase_effdl.config import TrainConfig
+from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
+from dcase_effdl.models import ModelSpec
+from dcase_effdl.training.loop import FineTune, History, check_loss, fit
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CompressContext:
-    """What a step may use: data for calibration / fine-tuning, a seed, a log and folders.
+    """What a step may use: data for calibration, fine-tuning with the recipe's train settings, a seed,
+    a log and a work folder. `model_spec` rebuilds the float architecture; `size_policy` rules the
+    per-step size log and `Variant.history`; `name` labels the fine-tuning progress bar."""
 
-    `fine_tune(model, epochs, lr=None, loss_fn=None, hooks=()) -> model` trains in place on
-    `bundle.x_train` (the pipeline passes a closure over `train.fit`). `model_spec` rebuilds the
-    float architecture (name, params, n_classes, in_channels, n_mels, n_frames).
-    """
-
-    bundle: Any = None
-    fine_tune: Callable[..., nn.Module] | None = None
+    size_policy: str
+    bundle: DataBundle | None = None
+    train: TrainConfig | None = None
+    model_spec: ModelSpec | None = None
     seed: int = 0
     log: Callable[[str], None] = field(default=lambda message: None)
     work_dir: Path | None = None
-    model_spec: dict | None = None
     parent_dir: Path | None = None
-    size_policy: str = "dcase2020"  # policy of the per-step size log and Variant.history
+    name: str = "variant"
 
-    def need_data(self, where: str, what: str):
-        if self.bundle is None or getattr(self.bundle, "x_train", None) is None or len(self.bundle.x_train) == 0:
+    def need_data(self, where: str, what: str) -> DataBundle:
+        if self.bundle is None or len(self.bundle.x_train) == 0:
             raise UserError(f"{where}: {what} needs training data (no data bundle was given)")
         return self.bundle
 
-    def need_fine_tune(self, where: str, what: str):
-        if self.fine_tune is None:
+    def need_fine_tune(self, where: str, what: str) -> Callable[[nn.Module, FineTune], History]:
+        if self.train is None:
             raise UserError(f"{where}: {what} needs fine-tuning, which this context does not offer")
+        self.need_data(where, what)
         return self.fine_tune
+
+    def fine_tune(self, model: nn.Module, tune: FineTune) -> History:
+        """Train `model` in place on `bundle.x_train` with the recipe's train settings, changed by `tune`."""
+        return fit(model, self.bundle, self.train, seed=self.seed, tune=tune, desc=f"fine-tune {self.name}")
 
 
 def apply_steps(model: nn.Module, steps: list[StepConfig], ctx: CompressContext) -> Variant:
@@ -78,3 +85,26 @@ def apply_steps(model: nn.Module, steps: list[StepConfig], ctx: CompressContext)
         )
         before = after
     return Variant(module, list(steps), ctx.model_spec, metas, history)
+
+
+class _DryRun(CompressContext):
+    """Fine-tuning that only checks its settings against the recipe's and trains nothing."""
+
+    def need_fine_tune(self, where: str, what: str) -> Callable[[nn.Module, FineTune], History]:
+        def check(model: nn.Module, tune: FineTune) -> History:
+            check_loss(self.train, tune.loss_fn, where)
+            return History()
+
+        return check
+
+
+def dry_run(model: nn.Module, steps: list[StepConfig], spec: ModelSpec, size_policy: str, train: TrainConfig) -> None:
+    """Apply `steps` to a copy of `model` on four random inputs of the data's shape, training nothing.
+
+    What the steps can check without data fails here, before any data is touched: their order
+    (int8 after binary), the layers they pick, pruning targets, teachers, fine-tuning settings.
+    """
+    x = torch.randn(4, *spec.input_shape)
+    y = torch.arange(4) % spec.n_classes
+    bundle = DataBundle([str(c) for c in range(spec.n_classes)], x, y, x, y, x, y, ["dry-run"] * 4)
+    apply_steps(model, steps, _DryRun(bundle=bundle, train=train, model_spec=spec, size_policy=size_policy))

@@ -36,6 +36,7 @@ from dcase_effdl.compress.registry import StepConfig, register_method
 from dcase_effdl.compress.storage import require_not
 from dcase_effdl.compress.surgery import get_module, set_module, weight_layers
 from dcase_effdl.errors import UserError
+from dcase_effdl.training.loop import FineTune
 
 
 def binarize(w: torch.Tensor) -> torch.Tensor:
@@ -203,7 +204,7 @@ def apply_binary(model: nn.Module, cfg: BinaryConfig, ctx):
         raise UserError(f"{cfg.where}: no Conv2d or Linear layer left to binarize (keep_first/keep_last/skip keep them all)")
     binarize_layers(model, names, cfg.scale)
     if cfg.epochs > 0:
-        ctx.need_fine_tune(cfg.where, "binary with epochs > 0")(model, cfg.epochs, lr=cfg.lr)
+        ctx.need_fine_tune(cfg.where, "binary with epochs > 0")(model, FineTune(cfg.epochs, cfg.lr))
     freeze_binary(model)
     n_bn = 0
     if cfg.bn_reestimate:

@@ -37,6 +37,8 @@ from dcase_effdl.compress.registry import StepConfig, register_method
 from dcase_effdl.compress.storage import require_not
 from dcase_effdl.compress.surgery import weight_layers
 from dcase_effdl.errors import UserError
+from dcase_effdl.rundir import RunDir, VariantDir
+from dcase_effdl.training.loop import FineTune
 
 INLINE_KEYS = {"model", "params", "epochs", "lr"}
 
@@ -72,7 +74,7 @@ def data_digest(*tensors: torch.Tensor) -> str:
 def resolve_teacher_file(entry: str, where: str) -> Path:
     """A variant file, a variant folder (model.safetensors) or a run folder (float32/model.safetensors)."""
     path = Path(entry)
-    for candidate in (path, path / "model.safetensors", path / "float32" / "model.safetensors"):
+    for candidate in (path, VariantDir(path).model_path, RunDir(path).variant("float32").model_path):
         if candidate.is_file():
             return candidate
     raise UserError(f"{where}: teacher '{entry}' is not a variant file, variant folder or run folder with float32/model.safetensors")
@@ -145,44 +147,33 @@ def _cached(ctx, key: str, compute) -> tuple[torch.Tensor, bool]:
     return logits, False
 
 
-def _train_settings(ctx) -> Any:
-    """The run's `train` section (from parent_dir/config.yaml) for the inline teacher's cache key."""
-    import yaml
-
-    path = Path(ctx.parent_dir) / "config.yaml" if ctx.parent_dir is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("train")
-    except yaml.YAMLError:
-        return None
-
-
 def teacher_logits(cfg: DistillConfig, ctx) -> list[torch.Tensor]:
     """Logits (N_train, n_classes) of each teacher on ctx.bundle.x_train, cached by content."""
     from dcase_effdl.compress.variant import load_variant
-    from dcase_effdl.models import build_model
+    from dcase_effdl.models import ModelSpec, model_params
 
     bundle = ctx.need_data(cfg.where, "distillation")
     x = bundle.x_train
     data_key = data_digest(x)
     out = []
     if isinstance(cfg.teacher, dict):
-        spec = ctx.model_spec or {}
-        if not spec:
+        spec = ctx.model_spec
+        if spec is None:
             raise UserError(f"{cfg.where}: an inline teacher needs the model spec (input shape, classes)")
         t = cfg.teacher
-        ident = {"inline": t, "seed": ctx.seed, "shape": [spec.get(k) for k in ("n_classes", "in_channels", "n_mels", "n_frames")],
-                 "train": _train_settings(ctx), "val": data_digest(bundle.x_val, bundle.y_val, bundle.y_train)}
+        # The train settings behind `fine_tune` are not in the key: the pipeline's work_dir lies in a run
+        # folder, whose config hash (train section included) refuses a run with other settings.
+        ident = {"inline": t, "seed": ctx.seed, "shape": [spec.n_classes, *spec.input_shape],
+                 "val": data_digest(bundle.x_val, bundle.y_val, bundle.y_train)}
         key = hashlib.sha256((json.dumps(ident, sort_keys=True, default=str) + data_key).encode()).hexdigest()[:24]
 
         def compute():
             fine_tune = ctx.need_fine_tune(cfg.where, "an inline teacher")
             torch.manual_seed(ctx.seed)
-            teacher = build_model(t["model"], t.get("params") or {}, n_classes=spec["n_classes"], in_channels=spec["in_channels"],
-                                  n_mels=spec["n_mels"], n_frames=spec["n_frames"])
+            params = model_params(t["model"], t.get("params"), cfg.where, "teacher.params")
+            teacher = ModelSpec(t["model"], params, spec.n_classes, *spec.input_shape).build()
             ctx.log(f"distill: training teacher '{t['model']}' ({sum(p.numel() for p in teacher.parameters()):,} parameters) for {t['epochs']} epochs")
-            fine_tune(teacher, t["epochs"], lr=t.get("lr"))
+            fine_tune(teacher, FineTune(t["epochs"], t.get("lr")))
             return logits_of(teacher, x)
 
         logits, hit = _cached(ctx, key, compute)
@@ -225,7 +216,7 @@ def apply_distill(model: nn.Module, cfg: DistillConfig, ctx):
         return kd_loss(logits, targets[idx], y, cfg.temperature, cfg.alpha)
 
     keep = KeepZeros(model)
-    fine_tune(model, cfg.epochs, lr=cfg.lr, loss_fn=loss_fn, hooks=[keep] if keep.masks else [])
+    fine_tune(model, FineTune(cfg.epochs, cfg.lr, loss_fn=loss_fn, hooks=(keep,) if keep.masks else ()))
     ctx.log(f"distill: student fine-tuned {cfg.epochs} epochs (T={cfg.temperature}, alpha={cfg.alpha}); "
             f"teacher training accuracy {teacher_acc:.1f} %")
     return model, {"teacher_train_accuracy": round(teacher_acc, 3)}

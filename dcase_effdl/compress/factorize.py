@@ -33,6 +33,7 @@ from dcase_effdl.compress.registry import StepConfig, register_method
 from dcase_effdl.compress.storage import require_not
 from dcase_effdl.compress.surgery import get_module, set_module, weight_layers
 from dcase_effdl.errors import UserError
+from dcase_effdl.training.loop import FineTune
 
 
 def _is_pointwise(m: nn.Module) -> bool:
@@ -171,7 +172,7 @@ def apply_lowrank(model: nn.Module, cfg: LowRankConfig, ctx):
     kept = ", ".join(f"{n}: rank {r}" for n, r in ranks.items()) or "none (no layer would shrink)"
     ctx.log(f"lowrank: {before:,} -> {after:,} parameters; {kept}")
     if cfg.epochs > 0 and ranks:
-        ctx.need_fine_tune(cfg.where, "lowrank with epochs > 0")(model, cfg.epochs, lr=cfg.lr)
+        ctx.need_fine_tune(cfg.where, "lowrank with epochs > 0")(model, FineTune(cfg.epochs, cfg.lr))
     return model, {"ranks": ranks}
 
 
@@ -206,5 +207,5 @@ def apply_separable(model: nn.Module, cfg: SeparableConfig, ctx):
     after = sum(p.numel() for p in model.parameters())
     ctx.log(f"separable: {before:,} -> {after:,} parameters ({', '.join(names)})")
     if cfg.epochs > 0:
-        ctx.need_fine_tune(cfg.where, "separable with epochs > 0")(model, cfg.epochs, lr=cfg.lr)
+        ctx.need_fine_tune(cfg.where, "separable with epochs > 0")(model, FineTune(cfg.epochs, cfg.lr))
     return model, {"layers": names}

@@ -27,6 +27,7 @@ from dcase_effdl.compress import int8_kernels as K
 from dcase_effdl.compress.registry import StepConfig, register_method
 from dcase_effdl.compress.storage import require_not
 from dcase_effdl.errors import UserError
+from dcase_effdl.training.loop import FineTune
 
 _RELU_FUNCTIONS = {torch.relu, F.relu, torch.relu_}
 
@@ -318,8 +319,7 @@ def apply_int8(model: nn.Module, cfg: Int8Config, ctx):
             lo, hi = ranges[name]
             _set_module(model, name, FakeQuantLayer(model.get_submodule(name), lo, hi, cfg.per_channel, cfg.act_qmax))
         ctx.log(f"int8: QAT for {cfg.qat_epochs} epochs on {len(names)} fake-quantized layers")
-        model = fine_tune(model, cfg.qat_epochs, lr=cfg.qat_lr)
-        model.eval()
+        fine_tune(model, FineTune(cfg.qat_epochs, cfg.qat_lr))  # trains in place
         for name in names:
             fq = model.get_submodule(name)
             ranges[name] = (float(fq.act_lo), float(fq.act_hi))

@@ -28,7 +28,6 @@ conv | flatten -> dense (found by tracing the model with torch.fx); other convs 
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import math
 import typing
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from dcase_effdl.compress.registry import StepConfig, register_method
 from dcase_effdl.compress.storage import require_not
 from dcase_effdl.compress.surgery import build_layer, get_module, layer_spec, set_module, weight_layers
 from dcase_effdl.errors import UserError
+from dcase_effdl.training.loop import FineTune
 
 # ---------------------------------------------------------------- unstructured magnitude pruning
 
@@ -243,12 +243,6 @@ def prune_magnitude(
     return masks
 
 
-def _accepts(fn, name: str) -> bool:
-    """Whether callable `fn` takes keyword `name` (the pipeline's fine_tune passes extras to train.fit)."""
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
 @dataclass
 class PruneConfig(StepConfig):
     amount: Optional[float] = None  # fraction of the prunable weights set to zero, in [0, 1)
@@ -294,11 +288,8 @@ def apply_prune(model: nn.Module, cfg: PruneConfig, ctx):
             scope=cfg.scope, max_layer_sparsity=cfg.max_layer_sparsity, where=cfg.where,
             x_val=getattr(bundle, "x_val", None), y_val=getattr(bundle, "y_val", None),
         )
-        kwargs = {}
-        if _accepts(fine_tune, "select_best"):
-            # fit()'s best epoch may predate the ramp's end; the hook picks among full-sparsity epochs.
-            kwargs["select_best"] = False
-        fine_tune(model, cfg.epochs, lr=cfg.lr, hooks=[hook], **kwargs)
+        # fit()'s best epoch may predate the ramp's end; the hook picks among full-sparsity epochs.
+        fine_tune(model, FineTune(cfg.epochs, cfg.lr, hooks=(hook,), select_best=False))
         best = hook.restore_best(model)
         ramp = hook.history
         ctx.log("prune: sparsity ramp " + " ".join(f"{r['sparsity']:.2f}" for r in ramp)
@@ -468,5 +459,5 @@ def apply_prune_channels(model: nn.Module, cfg: PruneChannelsConfig, ctx):
     after = sum(p.numel() for p in model.parameters())
     ctx.log(f"prune_channels: {before:,} -> {after:,} parameters ({len(layers)} layers rebuilt)")
     if cfg.epochs > 0:
-        ctx.need_fine_tune(cfg.where, "prune_channels with epochs > 0")(model, cfg.epochs, lr=cfg.lr)
+        ctx.need_fine_tune(cfg.where, "prune_channels with epochs > 0")(model, FineTune(cfg.epochs, cfg.lr))
     return model, {"layers": layers}

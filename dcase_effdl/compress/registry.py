@@ -14,20 +14,20 @@ A method module registers itself with
 model, or `(model, meta)` where `meta` is JSON data that `rebuild(model, cfg, meta) -> nn.Module`
 needs to recreate the same module structure from a freshly built float model without any data
 (the variant file's tensors are then loaded into it). Steps that do not change the structure pass
-`rebuild=None`. Method modules are imported on first use: add yours to `METHOD_MODULES`.
+`rebuild=None`. Method modules are imported on first use: add yours to `METHOD_MODULES`. Model
+families register the same way (`dcase_effdl.registry`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch.nn as nn
 
-from dcase_effdl.config import from_dict
 from dcase_effdl.errors import UserError
+from dcase_effdl.registry import Registry
 
 # Imported on first use (no work at import time of the package).
 METHOD_MODULES = [
@@ -69,7 +69,7 @@ class Method:
     rebuild: Callable[..., nn.Module] | None = None
 
 
-_METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("compression method", METHOD_MODULES)
 
 
 def register_method(name: str, config_cls: type, *, label: str | None = None, rebuild=None):
@@ -79,27 +79,18 @@ def register_method(name: str, config_cls: type, *, label: str | None = None, re
 
     def deco(fn):
         config_cls.method = name
-        _METHODS[name] = Method(name, config_cls, fn, label or name, rebuild)
+        METHODS.add(Method(name, config_cls, fn, label or name, rebuild))
         return fn
 
     return deco
 
 
-def _load_methods() -> None:
-    for module in METHOD_MODULES:
-        importlib.import_module(module)
-
-
 def available_methods() -> list[str]:
-    _load_methods()
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> Method:
-    _load_methods()
-    if name not in _METHODS:
-        raise UserError(f"unknown compression method '{name}' (known: {', '.join(sorted(_METHODS))})")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def parse_step(data: Any, where: str) -> StepConfig:
@@ -108,15 +99,9 @@ def parse_step(data: Any, where: str) -> StepConfig:
         raise UserError(f"{where}: expected a mapping like {{method: float16}}, got {data!r}")
     if "method" not in data:
         raise UserError(f"{where}: missing key 'method' (known methods: {', '.join(available_methods())})")
-    name = data["method"]
-    _load_methods()
-    if name not in _METHODS:
-        raise UserError(f"{where}: unknown compression method {name!r} (known: {', '.join(sorted(_METHODS))})")
-    method = _METHODS[name]
     knobs = {k: v for k, v in data.items() if k != "method"}
-    # from_dict names unknown keys and wrong types; __post_init__ ValueErrors become UserErrors too.
-    cfg = from_dict(method.config_cls, knobs, where.split(": ")[0] if ": " in where else where,
-                    where.split(": ", 1)[1] if ": " in where else "")
+    source, _, keypath = where.partition(": ")
+    cfg = METHODS.parse(data["method"], knobs, source, keypath, where=where)
     cfg.where = where
     return cfg
 

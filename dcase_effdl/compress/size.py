@@ -32,8 +32,8 @@ import torch.nn as nn
 
 from dcase_effdl.compress.storage import PARAMETER_ROLES, stored_tensors
 from dcase_effdl.errors import UserError
+from dcase_effdl.task import KB, SIZE_LIMIT_BYTES
 
-KB = 1024  # bytes
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Policy:
 
 POLICIES = {
     "dcase2020": Policy("dcase2020", "DCASE 2020 Task 1B: non-zero weights and biases x stored bits, batch norm "
-                        "not counted, 500 KB (512,000 B)", count_bn=False, count_zeros=False, limit_bytes=512_000),
+                        "not counted, 500 KB (512,000 B)", count_bn=False, count_zeros=False, limit_bytes=SIZE_LIMIT_BYTES),
     "dcase2021": Policy("dcase2021", "DCASE 2021 Task 1A: non-zero parameters incl. batch norm x stored bits, "
                         "128 KB (131,072 B)", count_bn=True, count_zeros=False, limit_bytes=131_072),
     "dcase2022": Policy("dcase2022", "DCASE 2022 Task 1: all parameters incl. zeros and batch norm, <= 128K "
@@ -93,8 +93,8 @@ def _input_shape(obj, input_shape) -> tuple | None:
     if input_shape is not None:
         return tuple(input_shape)
     spec = getattr(obj, "model_spec", None)
-    if spec:
-        return (spec["in_channels"], spec["n_mels"], spec["n_frames"])
+    if spec is not None:
+        return spec.input_shape
     return None
 
 

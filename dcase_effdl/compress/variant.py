@@ -7,8 +7,8 @@ File layout (`Variant.save(path)`, `load_variant(path)`):
   stored in its format: float16 as float16, int8 codes as int8, 1-bit (+-1) tensors packed 8 per
   byte (uint8), and a tensor with enough exact zeros to pay for it as its non-zero values plus a
   packed 1-bit mask.
-- metadata 'dcase_effdl' (readable JSON): `model_spec` (rebuild the float architecture with
-  `models.build_model`), `steps` (the compression steps as recipe dicts), `history`, `sha256`;
+- metadata 'dcase_effdl' (readable JSON): `model_spec` (`models.ModelSpec` as plain data: rebuilds
+  the float architecture), `steps` (the compression steps as recipe dicts), `history`, `sha256`;
   'dcase_effdl_index' (zlib-compressed JSON, base64): per tensor {format, role, dtype, shape,
   encoding, parts: {part: [blob, offset, length]}} and `step_meta` (what each step's `rebuild`
   needs). Loading rebuilds the module structure, decodes the tensors into it and checks the digest
@@ -32,6 +32,7 @@ import torch.nn as nn
 from dcase_effdl.compress.registry import StepConfig, get_method, parse_step
 from dcase_effdl.compress.storage import FORMAT_BITS, StoredTensor, stored_tensors
 from dcase_effdl.errors import UserError
+from dcase_effdl.models import ModelSpec
 
 FILE_FORMAT = "dcase_effdl.variant"
 FILE_VERSION = 1
@@ -58,7 +59,7 @@ class Variant:
 
     module: nn.Module
     steps: list[StepConfig] = field(default_factory=list)
-    model_spec: dict | None = None
+    model_spec: ModelSpec | None = None
     step_meta: list[dict] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # per step: size before/after (dcase2020 rule)
     path: Path | None = None  # the file it was loaded from / saved to
@@ -178,7 +179,7 @@ def _digest(entries: dict[str, torch.Tensor], *texts: str) -> str:
 def save_module(
     module: nn.Module,
     path: str | Path,
-    model_spec: dict | None,
+    model_spec: ModelSpec | None,
     steps: list[StepConfig] = (),
     step_meta: list[dict] = (),
     history: list[dict] = (),
@@ -204,12 +205,13 @@ def save_module(
     entries = {f"blob.{blob}": torch.cat(xs) for blob, xs in pieces.items() if lengths[blob] > 0}
     index = base64.b64encode(zlib.compress(json.dumps(
         {"tensors": tensors, "step_meta": list(step_meta) or [{} for _ in steps]}, separators=(",", ":")).encode(), 9)).decode()
-    spec_text = json.dumps(model_spec, sort_keys=True)
+    spec_data = model_spec.to_dict()
+    spec_text = json.dumps(spec_data, sort_keys=True)
     steps_data = [s.to_dict() for s in steps]
     meta = {
         "format": FILE_FORMAT,
         "version": FILE_VERSION,
-        "model_spec": model_spec,
+        "model_spec": spec_data,
         "steps": steps_data,
         "history": list(history),
         "sha256": _digest(entries, index, spec_text, json.dumps(steps_data, sort_keys=True)),
@@ -260,18 +262,10 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def load_variant(path: str | Path) -> Variant:
     """Rebuild a saved variant; its predictions equal those of the variant that was saved."""
-    from dcase_effdl.models import build_model
-
     path = Path(path)
     meta, entries = _read(path)
-    spec = dict(meta["model_spec"])
-    try:
-        module = build_model(
-            spec["name"], spec.get("params") or {}, n_classes=spec["n_classes"], in_channels=spec["in_channels"],
-            n_mels=spec["n_mels"], n_frames=spec["n_frames"],
-        )
-    except KeyError as exc:
-        raise UserError(f"{path}: model_spec lacks {exc}") from None
+    spec = ModelSpec.from_dict(meta["model_spec"], str(path))
+    module = spec.build()
     steps, step_meta = [], list(meta["step_meta"])
     if len(step_meta) != len(meta["steps"]):
         raise UserError(f"{path}: {len(meta['steps'])} steps but {len(step_meta)} step_meta entries")

@@ -16,6 +16,8 @@ from dcase_effdl.errors import UserError
 
 TEST_FRACTION = 0.3  # of all 1,797 images, stratified by class
 TEST_SPLIT_SEED = 0  # fixed: every seed is evaluated on the same test images
+INPUT_SHAPE = (1, 8, 8)  # (channels, rows, columns) of one image, what a model is built for
+N_CLASSES = 10
 
 
 def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +56,7 @@ def load_digits_bundle(seed: int = 0, validation_fraction: float = 0.3) -> DataB
         return torch.from_numpy((images[idx] - mean) / std).unsqueeze(1).contiguous()
 
     return DataBundle(
-        classes=[str(c) for c in range(10)],
+        classes=[str(c) for c in range(N_CLASSES)],
         x_train=tensor(fit_idx),
         y_train=torch.from_numpy(labels[fit_idx]),
         x_val=tensor(val_idx),

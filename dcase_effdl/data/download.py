@@ -168,6 +168,7 @@ def _fetch_once(url: str, part: Path, size_bytes: int, timeout_s: float, bar: tq
         announced = int(announced) if announced.isdigit() else None
         if announced is not None and announced != size_bytes:
             raise UserError(f"{url}: server reports {announced} bytes, the file list expects {size_bytes}")
+        received = None  # set when the server sends more than the file can have
         with open(part, "ab" if have else "wb") as out:
             while True:
                 try:
@@ -176,9 +177,19 @@ def _fetch_once(url: str, part: Path, size_bytes: int, timeout_s: float, bar: tq
                     raise _Interrupted(f"connection lost ({type(exc).__name__})") from None
                 if not chunk:
                     break
+                # A server that announces no length may send anything: stop before writing a byte past
+                # the expected size (one such server streamed 50 MB for a 1,226-byte file, all written).
+                if have + len(chunk) > size_bytes:
+                    received = have + len(chunk)
+                    break
                 out.write(chunk)
+                have += len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
+        if received is not None:
+            part.unlink()
+            raise UserError(f"{url}: server sent more than the {size_bytes} bytes the file list expects "
+                            f"({received} received); stopped and deleted the partial file, run again to download it anew")
     if part.stat().st_size < size_bytes:
         raise _Interrupted(f"connection closed after {part.stat().st_size} of {size_bytes} bytes")
 

@@ -1,4 +1,4 @@
-"""Read an audio file into a float32 (channels, samples) array at the feature definition's rate."""
+"""Read an audio file into a float32 (channels, samples) array at the feature definition's rate, and say whether a file is good."""
 
 from __future__ import annotations
 
@@ -83,14 +83,47 @@ def _bytes_per_sample(subtype: str) -> int:
     return {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}.get(subtype, 0)
 
 
-def audio_info(path: str | Path) -> dict:
-    """Header facts without decoding: sample_rate (Hz), channels, frames, duration (s), subtype, format.
+# Only float formats store sample values as written; integer PCM (WAV, FLAC, ...) decodes into [-1, 1)
+# and cannot hold NaN or inf, so only float files' samples are read by check_audio.
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+# Frames per read when check_audio scans a float file: bounded memory for any length (1.5 MB stereo).
+SCAN_BLOCK_FRAMES = 1 << 16
 
-    Raises AudioProblem (a UserError) for a missing, empty, unreadable or truncated file.
+
+def _check_opened(path: Path, f: sf.SoundFile) -> None:
+    """Checks on an opened file's header: not truncated, has samples."""
+    _check_truncated_wav(path, f)
+    if f.frames == 0:
+        raise AudioProblem(path, "no audio samples (0 frames)")
+
+
+def _check_finite(path: Path, samples: np.ndarray) -> None:
+    if not np.isfinite(samples).all():
+        raise AudioProblem(path, "audio contains NaN or infinite samples")
+
+
+def _decode_error(path: Path, exc: Exception) -> AudioProblem:
+    return AudioProblem(path, f"cannot decode audio ({_open_reason(exc)})")
+
+
+def check_audio(path: str | Path) -> dict:
+    """Is this audio file good? The one check `check-data` and the feature cache's pre-scan both run.
+
+    Returns the header facts of a good file: sample_rate (Hz), channels, frames, duration (s),
+    subtype, format. Raises AudioProblem (a UserError) for a missing, empty, unreadable or truncated
+    file, one without samples, and one with NaN or infinite samples. Integer files are judged from
+    the header alone; float files (FLOAT_SUBTYPES) are also read, as float32 like `load_audio` reads
+    them (a 10 s 48 kHz stereo float WAV: ~2 ms).
     """
     path = Path(path)
     with _open(path) as f:
-        _check_truncated_wav(path, f)
+        _check_opened(path, f)
+        if f.subtype in FLOAT_SUBTYPES:
+            try:
+                for block in f.blocks(blocksize=SCAN_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                    _check_finite(path, block)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise _decode_error(path, exc) from None
         return {
             "sample_rate": int(f.samplerate),
             "channels": int(f.channels),
@@ -126,15 +159,14 @@ def load_audio(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
 
     channels: 1 for `cfg.channels == 'mono'` (mean of the file's channels), 2 for 'stereo' (a mono
     file is duplicated). Clips are zero-padded at the end or cut to `cfg.duration` when it is set.
-    Any problem (missing, empty, unreadable, truncated, no samples, much shorter than
-    `cfg.duration`) raises AudioProblem, a UserError naming the file.
+    Any problem (missing, empty, unreadable, truncated, no samples, NaN or infinite samples, much
+    shorter than `cfg.duration`) raises AudioProblem, a UserError naming the file; the same checks
+    as `check_audio` apply to what is read.
     """
     path = Path(path)
     with _open(path) as f:
-        _check_truncated_wav(path, f)
+        _check_opened(path, f)
         rate = int(f.samplerate)
-        if f.frames == 0:
-            raise AudioProblem(path, "no audio samples (0 frames)")
         if cfg.duration is not None:
             # Read only what the clip needs (+1 s margin for the resampler's edge), not a whole long file.
             want = min(f.frames, int(math.ceil((cfg.duration + 1.0) * rate)))
@@ -143,14 +175,13 @@ def load_audio(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
         try:
             data = f.read(frames=want, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioProblem(path, f"cannot decode audio ({_open_reason(exc)})") from None
+            raise _decode_error(path, exc) from None
     if data.shape[0] == 0:
         raise AudioProblem(path, "no audio samples (0 frames)")
     length_s = data.shape[0] / rate
     if cfg.duration is not None and length_s < MIN_DURATION_FRACTION * cfg.duration:
         raise AudioProblem(path, f"{length_s:.1f} s long, expected {cfg.duration:.1f} s")
-    if not np.isfinite(data).all():
-        raise AudioProblem(path, "audio contains NaN or infinite samples")
+    _check_finite(path, data)
 
     audio = data.T  # (channels, samples)
     if cfg.channels == "mono":

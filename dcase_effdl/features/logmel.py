@@ -4,7 +4,9 @@ The output matches `librosa.feature.melspectrogram` with the same parameters fol
 step (tests/test_features.py checks it). The STFT and mel projection run in float32 by default (2.5x
 faster than float64 on a CPU); a clip with bands too quiet for float32's precision is recomputed in
 float64 (FLOAT32_MIN_BAND_RATIO), so results stay within ~3e-5 dB of librosa's float64 (the 2020
-baseline computed in float64: dcase_util read audio as float64).
+baseline computed in float64: dcase_util read audio as float64). Each clip is computed on its own
+with one intra-op thread, so its features are the same bits whatever batch, thread count or worker
+computed them (the rule above `logmel_batch`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -70,7 +73,10 @@ def n_samples(cfg: FeatureConfig) -> int:
 
 def n_frames(cfg: FeatureConfig) -> int:
     """Time frames per clip: 1 + samples // hop when centred (501 for 10 s, hop 960 at 48 kHz)."""
-    samples = n_samples(cfg)
+    return _frames(n_samples(cfg), cfg)
+
+
+def _frames(samples: int, cfg: FeatureConfig) -> int:
     if cfg.center:
         return 1 + samples // cfg.hop_length
     if samples < cfg.n_fft:
@@ -206,24 +212,38 @@ def _mel_spectrogram(x: torch.Tensor, cfg: FeatureConfig, dtype: torch.dtype):
     return feats, imprecise
 
 
+# Why a clip's features are the same bits however it is extracted (alone, in a batch of any size,
+# with any caller thread count, by any worker thread, before or after an interrupted run): each clip
+# is computed on its own, by the same kernel calls on tensors of the same shapes and strides (fixed
+# by the feature definition), from a fresh torch allocation (64-byte aligned, so pointer alignment
+# is fixed too), with one intra-op thread. A CPU kernel's order of floating-point operations
+# (blocking, vector width, how a sum is split between threads) is chosen from exactly those inputs
+# and the CPU's instruction set, so nothing outside the clip can change it. Measured before this
+# rule, on a 2-core AVX-512 CPU: MKL's sgemm split the 1,025-bin mel sum of one 51-frame clip
+# between 2 threads but not the 357 rows of a 7-clip batch, and 119 of 2,040 values moved by up to
+# 4.8e-7. What stays machine-dependent: another CPU (AVX2 vs AVX-512) or library version may pick
+# other kernels, so features can differ in the last float32 bits between machines.
 
-def logmel_batch(audio: np.ndarray | torch.Tensor, cfg: FeatureConfig, dtype: torch.dtype = torch.float32):
-    """Log-mel features of a batch: audio (B, C, samples) -> (B, C * (1 + deltas), n_mels, frames).
 
-    One torch.stft call for the whole batch. A numpy input gives a float32 numpy array; a tensor
-    input gives a float32 tensor on the tensor's device. `dtype` is the compute precision (float32:
-    2.5x faster than float64 on a CPU, within 1e-3 dB of librosa's float64 also on near-silent
-    bands; float64 for bit-level studies). Memory: the complex STFT of a 10 s, 48 kHz clip is
-    ~4 MB in float32, so keep batches modest.
-    """
-    _check(cfg)
-    as_numpy = not isinstance(audio, torch.Tensor)
-    x = torch.from_numpy(np.asarray(audio)) if as_numpy else audio
-    if x.dim() != 3:
-        raise ValueError(f"logmel_batch expects audio shaped (batch, channels, samples), got {tuple(x.shape)}")
-    batch, channels, samples = x.shape
-    x = x.reshape(batch * channels, samples)
-    feats, imprecise = _mel_spectrogram(x, cfg, dtype)  # (B*C, n_mels, frames)
+@contextmanager
+def _one_intra_op_thread():
+    """torch.set_num_threads(1) for the block (only this thread's OpenMP/MKL setting when it was not 1 already)."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _clip_logmel(clip: torch.Tensor, cfg: FeatureConfig, dtype: torch.dtype) -> torch.Tensor:
+    """float32 (C * (1 + deltas), n_mels, frames) of one clip's audio (C, samples); see the rule above."""
+    x = torch.empty(clip.shape, dtype=dtype, device=clip.device)  # fresh, aligned, contiguous
+    x.copy_(clip)
+    feats, imprecise = _mel_spectrogram(x, cfg, dtype)  # (C, n_mels, frames)
     if imprecise is not None and bool(imprecise.any()):
         # Rows with bands too far below their frame's energy for float32: recompute them in float64.
         feats[imprecise] = _mel_spectrogram(x[imprecise], cfg, torch.float64)[0].to(dtype)
@@ -234,15 +254,37 @@ def logmel_batch(audio: np.ndarray | torch.Tensor, cfg: FeatureConfig, dtype: to
         # librosa.power_to_db (power 2) / amplitude_to_db (power 1) with ref=1, amin=log_eps, top_db=None
         # (top_db clips relative to each clip's maximum, which would make features depend on loudness).
         feats = (20.0 / cfg.power) * torch.log10(torch.clamp(feats, min=cfg.log_eps))
-    feats = feats.reshape(batch, channels, cfg.n_mels, feats.shape[-1])
 
     if cfg.deltas:
         parts = [feats]
         for order in range(1, cfg.deltas + 1):
             parts.append(torch.matmul(feats, _delta_operator(feats.shape[-1], order, feats.device, dtype)))
-        feats = torch.cat(parts, dim=1)  # statics, then deltas, then delta-deltas
+        feats = torch.cat(parts, dim=0)  # statics, then deltas, then delta-deltas
+    return feats.to(torch.float32)
 
-    feats = feats.to(torch.float32)
+
+def logmel_batch(audio: np.ndarray | torch.Tensor, cfg: FeatureConfig, dtype: torch.dtype = torch.float32):
+    """Log-mel features of a batch: audio (B, C, samples) -> (B, C * (1 + deltas), n_mels, frames).
+
+    Each clip is computed on its own with one intra-op thread, so a clip's features never depend on
+    the batch it came in (see the rule above); on a CPU, use threads over clips for speed (the
+    feature cache does). A numpy input gives a float32 numpy array; a tensor input gives a float32
+    tensor on the tensor's device. `dtype` is the compute precision (float32: 2.5x faster than
+    float64 on a CPU, within 1e-3 dB of librosa's float64 also on near-silent bands; float64 for
+    bit-level studies).
+    """
+    _check(cfg)
+    as_numpy = not isinstance(audio, torch.Tensor)
+    x = torch.from_numpy(np.asarray(audio)) if as_numpy else audio
+    if x.dim() != 3:
+        raise ValueError(f"logmel_batch expects audio shaped (batch, channels, samples), got {tuple(x.shape)}")
+    with _one_intra_op_thread():
+        clips = [_clip_logmel(clip, cfg, dtype) for clip in x]
+    if clips:
+        feats = torch.stack(clips)
+    else:
+        frames = _frames(x.shape[-1], cfg)
+        feats = torch.empty((0, x.shape[1] * (1 + cfg.deltas), cfg.n_mels, frames), device=x.device)
     return feats.numpy() if as_numpy else feats
 
 

@@ -1,63 +1,98 @@
-"""Model families by name: `build_model(name, params, ...)`; one module per family.
+"""Model families by name: a frozen `ModelSpec` (family, typed knobs, data shape) whose `build()` makes the network.
 
-A family registers a builder with `@register("name")`. Builders take the family's knobs as keyword
-arguments (from `model.params` in a recipe) plus the data-dependent shape arguments below, so that
-unknown knobs fail with the family's own TypeError turned into a clear message.
+A family module registers a config dataclass of its knobs (range checks in `__post_init__`) and a
+builder through the shared registry (`dcase_effdl.registry`, as compression methods do):
+
+    @register("digits_cnn", SmallCNNConfig)
+    def build_small_cnn(cfg, *, n_classes, in_channels, n_mels, n_frames) -> nn.Module: ...
+
+The builder checks what depends on the data shape (an input too small for the pooling). Inputs
+are (batch, in_channels, n_mels, n_frames); the network returns logits.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch.nn as nn
 
+from dcase_effdl.config import to_dict
 from dcase_effdl.errors import UserError
-
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-
-# Family modules imported on first use (no work at import time of the package).
-_FAMILY_MODULES = ["dcase_effdl.models.baseline", "dcase_effdl.models.small_cnn",
-                   "dcase_effdl.models.cp_resnet", "dcase_effdl.models.preact_resnet", "dcase_effdl.models.mobilenet"]
+from dcase_effdl.registry import Registry
 
 
-def register(name: str):
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config_cls: type
+    build: Callable[..., nn.Module]
+
+
+FAMILIES: Registry[Family] = Registry("model", [
+    "dcase_effdl.models.baseline", "dcase_effdl.models.small_cnn", "dcase_effdl.models.cp_resnet",
+    "dcase_effdl.models.preact_resnet", "dcase_effdl.models.mobilenet",
+], key_word="parameter")
+
+
+def register(name: str, config_cls: type):
     def deco(fn: Callable[..., nn.Module]):
-        _BUILDERS[name] = fn
+        FAMILIES.add(Family(name, config_cls, fn))
         return fn
 
     return deco
 
 
-def _load_families() -> None:
-    for module in _FAMILY_MODULES:
-        importlib.import_module(module)
-
-
 def available() -> list[str]:
-    _load_families()
-    return sorted(_BUILDERS)
+    return FAMILIES.names()
 
 
-def build_model(
-    name: str,
-    params: dict[str, Any] | None = None,
-    *,
-    n_classes: int = 3,
-    in_channels: int = 1,
-    n_mels: int = 40,
-    n_frames: int = 500,
-) -> nn.Module:
+def model_params(name: str, params: Any = None, source: str | None = None, keypath: str = "") -> Any:
+    """Family `name`'s typed knobs from a mapping (or an already typed config, returned as is)."""
+    family = FAMILIES.get(name, source or "")
+    if isinstance(params, family.config_cls):
+        return params
+    return FAMILIES.parse(name, dict(params or {}), source or f"model '{name}'", keypath)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that rebuilds a float network: family, typed knobs and the data's shape."""
+
+    family: str
+    params: Any  # the family's config dataclass
+    n_classes: int
+    in_channels: int
+    n_mels: int
+    n_frames: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.n_mels, self.n_frames)
+
+    def build(self) -> nn.Module:
+        family = FAMILIES.get(self.family)
+        return family.build(self.params, n_classes=self.n_classes, in_channels=self.in_channels,
+                            n_mels=self.n_mels, n_frames=self.n_frames)
+
+    def to_dict(self) -> dict:
+        """Plain data, as variant files store it (`name` is the family)."""
+        return {"name": self.family, "params": to_dict(self.params), "n_classes": self.n_classes,
+                "in_channels": self.in_channels, "n_mels": self.n_mels, "n_frames": self.n_frames}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "model_spec") -> "ModelSpec":
+        try:
+            shape = [data[k] for k in ("n_classes", "in_channels", "n_mels", "n_frames")]
+            name = data["name"]
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{source}: model_spec lacks {exc}") from None
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+            raise UserError(f"{source}: model_spec shape {shape} is not four positive integers")
+        return cls(name, model_params(name, data.get("params"), source, "model_spec.params"), *shape)
+
+
+def build_model(name: str, params: Any = None, *, n_classes: int = 3, in_channels: int = 1, n_mels: int = 40,
+                n_frames: int = 500) -> nn.Module:
     """Build family `name` with knobs `params` for inputs shaped (batch, in_channels, n_mels, n_frames)."""
-    _load_families()
-    if name not in _BUILDERS:
-        raise UserError(f"unknown model '{name}' (known: {', '.join(sorted(_BUILDERS))})")
-    builder = _BUILDERS[name]
-    params = dict(params or {})
-    accepted = inspect.signature(builder).parameters
-    for key in params:
-        if key not in accepted or key in ("n_classes", "in_channels", "n_mels", "n_frames"):
-            knobs = [k for k in accepted if k not in ("n_classes", "in_channels", "n_mels", "n_frames")]
-            raise UserError(f"model '{name}': unknown parameter '{key}' (knobs: {', '.join(knobs)})")
-    return builder(n_classes=n_classes, in_channels=in_channels, n_mels=n_mels, n_frames=n_frames, **params)
+    return ModelSpec(name, model_params(name, params), n_classes, in_channels, n_mels, n_frames).build()

@@ -31,7 +31,8 @@ definition; the flatten size is computed from it. Input: (batch, in_channels, n_
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -102,65 +103,45 @@ class BaselineCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register("dcase2020_baseline")
-def build_baseline(
-    *,
-    n_classes: int,
-    in_channels: int,
-    n_mels: int,
-    n_frames: int,
-    conv_filters: Sequence[int] = (32, 64),
-    kernel_size: int = 7,
-    pool_sizes: Sequence[Sequence[int]] = ((5, 5), (4, 100)),
-    dense_units: int = 100,
-    dropout: float = 0.3,
-    batch_norm: bool = True,
-    dense_init: str = "uniform",
-) -> BaselineCNN:
-    """Build the baseline CNN; knob problems are UserErrors naming the knob (see the module docstring)."""
-    where = "model 'dcase2020_baseline'"
-    conv_filters = list(conv_filters)
-    if not conv_filters or not all(isinstance(f, int) and f > 0 for f in conv_filters):
-        raise UserError(f"{where}: conv_filters must be a non-empty list of positive integers, got {conv_filters}")
-    try:
-        pools = [(int(p[0]), int(p[1])) for p in pool_sizes if len(p) == 2]
-    except (TypeError, ValueError):
-        pools = []
-    if len(pools) != len(list(pool_sizes)) or any(h < 1 or w < 1 for h, w in pools):
-        raise UserError(
-            f"{where}: pool_sizes must be a list of [mel, frames] pairs of positive integers, got {pool_sizes}"
-        )
-    if len(pools) != len(conv_filters):
-        raise UserError(
-            f"{where}: pool_sizes has {len(pools)} entries but conv_filters has {len(conv_filters)}; "
-            "give one pool per conv block"
-        )
-    if not isinstance(kernel_size, int) or kernel_size < 1:
-        raise UserError(f"{where}: kernel_size must be a positive integer, got {kernel_size!r}")
-    if not isinstance(dense_units, int) or dense_units < 1:
-        raise UserError(f"{where}: dense_units must be a positive integer, got {dense_units!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise UserError(f"{where}: dropout must be in [0, 1), got {dropout!r}")
-    if dense_init not in ("uniform", "glorot_uniform"):
-        raise UserError(f"{where}: dense_init must be 'uniform' or 'glorot_uniform', got {dense_init!r}")
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Knobs of the baseline CNN (see the module docstring)."""
+
+    conv_filters: list[int] = field(default_factory=lambda: [32, 64])
+    kernel_size: int = 7
+    pool_sizes: list[list[int]] = field(default_factory=lambda: [[5, 5], [4, 100]])
+    dense_units: int = 100
+    dropout: float = 0.3
+    batch_norm: bool = True
+    dense_init: Literal["uniform", "glorot_uniform"] = "uniform"
+
+    def __post_init__(self):
+        if not self.conv_filters or min(self.conv_filters) < 1:
+            raise ValueError(f"conv_filters must be a non-empty list of positive integers, got {self.conv_filters}")
+        if any(len(p) != 2 or min(p) < 1 for p in self.pool_sizes):
+            raise ValueError(f"pool_sizes must be a list of [mel, frames] pairs of positive integers, got {self.pool_sizes}")
+        if len(self.pool_sizes) != len(self.conv_filters):
+            raise ValueError(f"pool_sizes has {len(self.pool_sizes)} entries but conv_filters has "
+                             f"{len(self.conv_filters)}; give one pool per conv block")
+        if self.kernel_size < 1 or self.dense_units < 1:
+            raise ValueError(f"kernel_size and dense_units must be positive, got {self.kernel_size}, {self.dense_units}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@register("dcase2020_baseline", BaselineConfig)
+def build_baseline(cfg: BaselineConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int) -> BaselineCNN:
+    """Build the baseline CNN; an input too small for the pooling is a UserError."""
     height, width = n_mels, n_frames
-    for i, (pool_h, pool_w) in enumerate(pools):
+    for i, (pool_h, pool_w) in enumerate(cfg.pool_sizes):
         height, width = height // pool_h, width // pool_w
         if height == 0 or width == 0:
             raise UserError(
-                f"{where}: input {n_mels} mels x {n_frames} frames is too small for pool_sizes "
-                f"{[list(p) for p in pools]} (nothing left after pool {i + 1})"
+                f"model 'dcase2020_baseline': input {n_mels} mels x {n_frames} frames is too small for pool_sizes "
+                f"{cfg.pool_sizes} (nothing left after pool {i + 1})"
             )
     return BaselineCNN(
-        n_classes=n_classes,
-        in_channels=in_channels,
-        n_mels=n_mels,
-        n_frames=n_frames,
-        conv_filters=conv_filters,
-        kernel_size=kernel_size,
-        pool_sizes=pools,
-        dense_units=dense_units,
-        dropout=float(dropout),
-        batch_norm=bool(batch_norm),
-        dense_init=dense_init,
-    )
+        n_classes=n_classes, in_channels=in_channels, n_mels=n_mels, n_frames=n_frames, conv_filters=cfg.conv_filters,
+        kernel_size=cfg.kernel_size, pool_sizes=cfg.pool_sizes, dense_units=cfg.dense_units, dropout=cfg.dropout,
+        batch_norm=cfg.batch_norm, dense_init=cfg.dense_init,
+    )  # fmt: skip

@@ -43,7 +43,8 @@ Published sizes (3 classes, stereo input, 2020 rule: conv weights counted, batch
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -195,43 +196,34 @@ def output_size(n_mels: int, n_frames: int) -> tuple[int, int]:
     return f, t
 
 
-@register("cp_resnet")
-def build_cp_resnet(
-    *,
-    n_classes: int,
-    in_channels: int,
-    n_mels: int,
-    n_frames: int,
-    rho: int = 4,
-    width: int = 128,
-    n_blocks: Sequence[int] = (4, 4, 4),
-    frequency_damping: bool = False,
-    damping_min: float = 0.1,
-    init: str = "fixup",
-) -> CPResNet:
-    n_blocks = list(n_blocks)
-    if len(n_blocks) != 3 or any(not isinstance(n, int) or not 0 <= n <= 4 for n in n_blocks):
-        raise UserError(f"model 'cp_resnet': n_blocks must be three integers 0-4, got {n_blocks}")
-    if n_blocks[0] < max(MAXPOOL_AFTER_STAGE1_BLOCKS):
-        raise UserError(f"model 'cp_resnet': stage 1 needs 4 blocks (its max-pools follow blocks 1, 2, 4), got {n_blocks[0]}")
-    if not isinstance(width, int) or width < 1:
-        raise UserError(f"model 'cp_resnet': width must be a positive integer, got {width!r}")
-    if not 0.0 <= damping_min <= 1.0:
-        raise UserError(f"model 'cp_resnet': damping_min must be in [0, 1], got {damping_min}")
-    if init not in ("fixup", "kaiming"):
-        raise UserError(f"model 'cp_resnet': init must be 'fixup' or 'kaiming', got {init!r}")
+@dataclass(frozen=True)
+class CPResNetConfig:
+    """Knobs of CP-ResNet (see the module docstring)."""
+
+    rho: int = 4
+    width: int = 128
+    n_blocks: list[int] = field(default_factory=lambda: [4, 4, 4])
+    frequency_damping: bool = False
+    damping_min: float = 0.1
+    init: Literal["fixup", "kaiming"] = "fixup"
+
+    def __post_init__(self):
+        if len(self.n_blocks) != 3 or any(not 0 <= n <= 4 for n in self.n_blocks):
+            raise ValueError(f"n_blocks must be three integers 0-4, got {self.n_blocks}")
+        if self.n_blocks[0] < max(MAXPOOL_AFTER_STAGE1_BLOCKS):
+            raise ValueError(f"stage 1 needs 4 blocks (its max-pools follow blocks 1, 2, 4), got {self.n_blocks[0]}")
+        if self.width < 1:
+            raise ValueError(f"width must be a positive integer, got {self.width}")
+        if not 0.0 <= self.damping_min <= 1.0:
+            raise ValueError(f"damping_min must be in [0, 1], got {self.damping_min}")
+
+
+@register("cp_resnet", CPResNetConfig)
+def build_cp_resnet(cfg: CPResNetConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int) -> CPResNet:
     if min(output_size(n_mels, n_frames)) < 1:
         raise UserError(
             f"model 'cp_resnet': input {n_mels} mel bands x {n_frames} frames is too small "
             "(the stem and three 2x2 max-pools need at least 19 x 19)"
         )
-    return CPResNet(
-        n_classes=n_classes,
-        in_channels=in_channels,
-        rho=rho,
-        width=width,
-        n_blocks=n_blocks,
-        frequency_damping=frequency_damping,
-        damping_min=float(damping_min),
-        init=init,
-    )
+    return CPResNet(n_classes=n_classes, in_channels=in_channels, rho=cfg.rho, width=cfg.width, n_blocks=cfg.n_blocks,
+                    frequency_damping=cfg.frequency_damping, damping_min=cfg.damping_min, init=cfg.init)

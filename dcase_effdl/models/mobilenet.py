@@ -33,7 +33,8 @@ Published configuration: 3 classes, 6 input channels (stereo log-mel + deltas + 
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -125,55 +126,47 @@ class MobNet(nn.Module):
         return self.bn_logits(y).mean(dim=(2, 3))
 
 
-@register("mobnet")
-def build_mobnet(
-    *,
-    n_classes: int,
-    in_channels: int,
-    n_mels: int,
-    n_frames: int,
-    alpha: float = 1.0,
-    expansion: int = 2,
-    stage_channels: Sequence[int] = (32, 40, 48),
-    blocks_per_stage: Sequence[int] = (3, 3, 3),
-    stage_strides: Sequence[int] = (2, 2, 2),
-    last_channels: int | None = None,
-    head_channels: int = 48,
-    dropout: float = 0.3,
-    split_frequency: bool = True,
-    bn_momentum: float = KERAS_BN_MOMENTUM,
-) -> MobNet:
-    stage_channels, blocks_per_stage, stage_strides = list(stage_channels), list(blocks_per_stage), list(stage_strides)
-    if not (len(stage_channels) == len(blocks_per_stage) == len(stage_strides)):
-        raise UserError(
-            "model 'mobnet': stage_channels, blocks_per_stage and stage_strides need the same length, got "
-            f"{len(stage_channels)}, {len(blocks_per_stage)}, {len(stage_strides)}"
-        )
-    if alpha <= 0 or expansion < 1 or any(n < 1 for n in blocks_per_stage) or any(s not in (1, 2) for s in stage_strides):
-        raise UserError("model 'mobnet': alpha > 0, expansion >= 1, blocks_per_stage >= 1 and strides 1 or 2 are required")
-    if not 0.0 <= dropout < 1.0:
-        raise UserError(f"model 'mobnet': dropout must be in [0, 1), got {dropout}")
-    if not 0.0 < bn_momentum <= 1.0:
-        raise UserError(f"model 'mobnet': bn_momentum must be in (0, 1], got {bn_momentum}")
-    if split_frequency and (n_mels % 2 or n_mels < 2):
+@dataclass(frozen=True)
+class MobNetConfig:
+    """Knobs of Mobnet (see the module docstring); `last_channels` None = the original's rule."""
+
+    alpha: float = 1.0
+    expansion: int = 2
+    stage_channels: list[int] = field(default_factory=lambda: [32, 40, 48])
+    blocks_per_stage: list[int] = field(default_factory=lambda: [3, 3, 3])
+    stage_strides: list[int] = field(default_factory=lambda: [2, 2, 2])
+    last_channels: Optional[int] = None
+    head_channels: int = 48
+    dropout: float = 0.3
+    split_frequency: bool = True
+    bn_momentum: float = KERAS_BN_MOMENTUM
+
+    def __post_init__(self):
+        if not (len(self.stage_channels) == len(self.blocks_per_stage) == len(self.stage_strides)):
+            raise ValueError(
+                "stage_channels, blocks_per_stage and stage_strides need the same length, got "
+                f"{len(self.stage_channels)}, {len(self.blocks_per_stage)}, {len(self.stage_strides)}"
+            )
+        if (self.alpha <= 0 or self.expansion < 1 or any(n < 1 for n in self.blocks_per_stage)
+                or any(s not in (1, 2) for s in self.stage_strides)):
+            raise ValueError("alpha > 0, expansion >= 1, blocks_per_stage >= 1 and strides 1 or 2 are required")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1], got {self.bn_momentum}")
+
+
+@register("mobnet", MobNetConfig)
+def build_mobnet(cfg: MobNetConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int) -> MobNet:
+    if cfg.split_frequency and n_mels % 2:
         raise UserError(f"model 'mobnet': split_frequency needs an even number of mel bands, got {n_mels}")
+    last_channels = cfg.last_channels
     if last_channels is None:
-        last_channels = make_divisible(80 * alpha, 8) if alpha > 1.0 else 56
+        last_channels = make_divisible(80 * cfg.alpha, 8) if cfg.alpha > 1.0 else 56
     path_kwargs = dict(
-        first_filters=make_divisible(32 * alpha, 8),
-        stage_channels=stage_channels,
-        blocks_per_stage=blocks_per_stage,
-        stage_strides=stage_strides,
-        expansion=int(expansion),
-        alpha=float(alpha),
-        last_channels=int(last_channels),
-    )
-    return MobNet(
-        n_classes=n_classes,
-        in_channels=in_channels,
-        split_frequency=split_frequency,
-        head_channels=head_channels,
-        dropout=float(dropout),
-        bn_momentum=float(bn_momentum),
-        path_kwargs=path_kwargs,
-    )
+        first_filters=make_divisible(32 * cfg.alpha, 8), stage_channels=cfg.stage_channels,
+        blocks_per_stage=cfg.blocks_per_stage, stage_strides=cfg.stage_strides, expansion=cfg.expansion,
+        alpha=cfg.alpha, last_channels=last_channels,
+    )  # fmt: skip
+    return MobNet(n_classes=n_classes, in_channels=in_channels, split_frequency=cfg.split_frequency,
+                  head_channels=cfg.head_channels, dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, path_kwargs=path_kwargs)

@@ -34,6 +34,8 @@ Published size: 3 classes, stereo 256-mel input -> 3,987,000 conv weights (3,987
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -125,34 +127,29 @@ class PreActResNet(nn.Module):
         return self.bn_logits(y).mean(dim=(2, 3))
 
 
-@register("preact_resnet")
-def build_preact_resnet(
-    *,
-    n_classes: int,
-    in_channels: int,
-    n_mels: int,
-    n_frames: int,
-    width: int = 26,
-    n_stacks: int = 4,
-    blocks_per_stack: int = 2,
-    head_channels: int = 192,
-    split_frequency: bool = True,
-    bn_eps: float = 1e-5,
-) -> PreActResNet:
-    for name, value in (("width", width), ("n_stacks", n_stacks), ("blocks_per_stack", blocks_per_stack), ("head_channels", head_channels)):
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"model 'preact_resnet': {name} must be a positive integer, got {value!r}")
-    if split_frequency and n_mels % 2:
+@dataclass(frozen=True)
+class PreActResNetConfig:
+    """Knobs of the pre-activation ResNet (see the module docstring)."""
+
+    width: int = 26
+    n_stacks: int = 4
+    blocks_per_stack: int = 2
+    head_channels: int = 192
+    split_frequency: bool = True
+    bn_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("width", "n_stacks", "blocks_per_stack", "head_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.bn_eps <= 0:
+            raise ValueError(f"bn_eps must be > 0, got {self.bn_eps}")
+
+
+@register("preact_resnet", PreActResNetConfig)
+def build_preact_resnet(cfg: PreActResNetConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int) -> PreActResNet:
+    if cfg.split_frequency and n_mels % 2:
         raise UserError(f"model 'preact_resnet': split_frequency needs an even number of mel bands, got {n_mels}")
-    if split_frequency and n_mels < 2:
-        raise UserError(f"model 'preact_resnet': {n_mels} mel band(s) cannot be split in two")
-    return PreActResNet(
-        n_classes=n_classes,
-        in_channels=in_channels,
-        width=width,
-        n_stacks=n_stacks,
-        blocks_per_stack=blocks_per_stack,
-        head_channels=head_channels,
-        split_frequency=split_frequency,
-        bn_eps=float(bn_eps),
-    )
+    return PreActResNet(n_classes=n_classes, in_channels=in_channels, width=cfg.width, n_stacks=cfg.n_stacks,
+                        blocks_per_stack=cfg.blocks_per_stack, head_channels=cfg.head_channels,
+                        split_frequency=cfg.split_frequency, bn_eps=cfg.bn_eps)

@@ -14,7 +14,8 @@ max-pool, default the last two), hidden (0 = no hidden dense layer), dropout.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -51,39 +52,31 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register("digits_cnn")
-def build_small_cnn(
-    *,
-    n_classes: int,
-    in_channels: int,
-    n_mels: int,
-    n_frames: int,
-    channels: Sequence[int] = (16, 32, 64),
-    pool_after: Sequence[int] | None = None,
-    hidden: int = 64,
-    dropout: float = 0.2,
-) -> SmallCNN:
-    """Build the small CNN; bad knobs are UserErrors naming the knob."""
-    where = "model 'digits_cnn'"
-    channels = list(channels)
-    if not channels or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
-        raise UserError(f"{where}: channels must be a non-empty list of positive integers, got {channels}")
-    pools = sorted(set(range(len(channels))[-2:] if pool_after is None else pool_after))
-    if any(not isinstance(i, int) or not 0 <= i < len(channels) for i in pools):
-        raise UserError(f"{where}: pool_after must list block indices 0..{len(channels) - 1}, got {pool_after}")
+@dataclass(frozen=True)
+class SmallCNNConfig:
+    """Knobs of the small CNN (see the module docstring); `pool_after` None = the last two blocks."""
+
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    pool_after: Optional[list[int]] = None
+    hidden: int = 64
+    dropout: float = 0.2
+
+    def __post_init__(self):
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be a non-empty list of positive integers, got {self.channels}")
+        if any(not 0 <= i < len(self.channels) for i in self.pool_after or ()):
+            raise ValueError(f"pool_after must list block indices 0..{len(self.channels) - 1}, got {self.pool_after}")
+        if self.hidden < 0:
+            raise ValueError(f"hidden must be a non-negative integer, got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@register("digits_cnn", SmallCNNConfig)
+def build_small_cnn(cfg: SmallCNNConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int) -> SmallCNN:
+    """Build the small CNN; an input too small for its max-pools is a UserError."""
+    pools = sorted(set(range(len(cfg.channels))[-2:] if cfg.pool_after is None else cfg.pool_after))
     if (n_mels >> len(pools)) == 0 or (n_frames >> len(pools)) == 0:
-        raise UserError(f"{where}: input {n_mels} x {n_frames} is too small for {len(pools)} 2x2 max-pools")
-    if not isinstance(hidden, int) or hidden < 0:
-        raise UserError(f"{where}: hidden must be a non-negative integer, got {hidden!r}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise UserError(f"{where}: dropout must be in [0, 1), got {dropout!r}")
-    return SmallCNN(
-        n_classes=n_classes,
-        in_channels=in_channels,
-        n_mels=n_mels,
-        n_frames=n_frames,
-        channels=channels,
-        pool_after=pools,
-        hidden=hidden,
-        dropout=float(dropout),
-    )
+        raise UserError(f"model 'digits_cnn': input {n_mels} x {n_frames} is too small for {len(pools)} 2x2 max-pools")
+    return SmallCNN(n_classes=n_classes, in_channels=in_channels, n_mels=n_mels, n_frames=n_frames, channels=cfg.channels,
+                    pool_after=pools, hidden=cfg.hidden, dropout=cfg.dropout)

@@ -1,10 +1,10 @@
-"""Leaderboard rows from a run folder (one per variant), written as CSV and printed as a ranked table.
+"""Leaderboard rows from a run folder (one per variant), and the one formatter of such rows (text, md, csv, html).
 
 A row is a plain dict with the columns of the DCASE 2020 Task 1B results table plus where it came
-from. Keys (and the headers used in files and tables, see COLUMNS):
+from. Keys (and the headers used in files and tables, see HEADERS; published rows add theirs):
 
     rank                   Rank                   1 = highest accuracy (set by `rank_rows`)
-    label                  Submission label       from `<variant>/<label>.meta.yaml`, else None
+    label                  Submission label       `VariantDir.label` (from `<label>.output.csv`), else None
     accuracy               Accuracy (%)           macro average of class-wise accuracy, percent
     log_loss               Logloss                over all clips
     n_params               Parameters             counted values (weights and biases)
@@ -19,51 +19,49 @@ from. Keys (and the headers used in files and tables, see COLUMNS):
 from __future__ import annotations
 
 import csv
-import json
+import html
+import io
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, Sequence
 
 from dcase_effdl.errors import UserError
+from dcase_effdl.files import atomic_write
+from dcase_effdl.rundir import RunDir, VariantDir
+from dcase_effdl.task import KB
 
-COLUMNS: list[tuple[str, str]] = [
-    ("rank", "Rank"),
-    ("label", "Submission label"),
-    ("accuracy", "Accuracy (%)"),
-    ("log_loss", "Logloss"),
-    ("n_params", "Parameters"),
-    ("n_nonzero", "Non-zero parameters"),
-    ("sparsity", "Sparsity (%)"),
-    ("size_kb", "Size (KB)"),
-    ("complexity_management", "Complexity management"),
-    ("run", "Run"),
-    ("variant", "Variant"),
-    ("size_bytes", "Size (bytes)"),
-    ("limit_bytes", "Limit (bytes)"),
-    ("policy", "Size policy"),
-    ("over_limit", "Over limit"),
-]
-
-# Digits after the point in leaderboard.csv and in the printed table.
+HEADERS = {
+    "rank": "Rank",
+    "label": "Submission label",
+    "technical_report": "Technical report",
+    "official_rank": "Official system rank",
+    "accuracy": "Accuracy (%)",
+    "log_loss": "Logloss",
+    "n_params": "Parameters",
+    "n_nonzero": "Non-zero parameters",
+    "sparsity": "Sparsity (%)",
+    "size_kb": "Size (KB)",
+    "complexity_management": "Complexity management",
+    "run": "Run",
+    "variant": "Variant",
+    "size_bytes": "Size (bytes)",
+    "limit_bytes": "Limit (bytes)",
+    "policy": "Size policy",
+    "over_limit": "Over limit",
+    "origin": "Origin",
+    "set": "Accuracy on",
+}
+# leaderboard.csv: every key of an own row; the table printed after a run: the results table's columns.
+COLUMNS = [(k, HEADERS[k]) for k in ("rank", "label", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity",
+                                     "size_kb", "complexity_management", "run", "variant", "size_bytes",
+                                     "limit_bytes", "policy", "over_limit")]
+TEXT_KEYS = ["rank", "label", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity", "size_kb",
+             "complexity_management", "variant"]
+NUMERIC = {"rank", "official_rank", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity", "size_kb"}
+# Digits after the point in files (csv) and in tables people read (text, md, html).
 CSV_DIGITS = {"accuracy": 2, "log_loss": 4, "sparsity": 2, "size_kb": 2}
 TABLE_DIGITS = {"accuracy": 1, "log_loss": 3, "sparsity": 1, "size_kb": 2}
-_TABLE_KEYS = ["rank", "label", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity", "size_kb",
-               "complexity_management", "variant"]
 OVER_MARK = "*"
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from a run folder file; a missing or damaged file is a one-line UserError."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (has this variant finished?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
+FORMATS = ("text", "md", "csv", "html")
 
 
 def _need(data: dict, key: str, path: Path) -> Any:
@@ -72,21 +70,12 @@ def _need(data: dict, key: str, path: Path) -> Any:
     return data[key]
 
 
-def _label(variant_dir: Path) -> str | None:
-    """The submission label, from the name of the meta YAML (or output CSV) the variant wrote."""
-    for suffix in (".meta.yaml", ".output.csv"):
-        found = sorted(variant_dir.glob(f"*{suffix}"))
-        if len(found) == 1:
-            return found[0].name[: -len(suffix)]
-    return None
-
-
 def row_from_variant(run_dir: str | Path, variant_name: str) -> dict:
     """The leaderboard row of `<run_dir>/<variant_name>` from its metrics.json and size.json."""
     run_dir = Path(run_dir)
-    variant_dir = run_dir / variant_name
-    metrics_path, size_path = variant_dir / "metrics.json", variant_dir / "size.json"
-    metrics, size = read_json(metrics_path), read_json(size_path)
+    variant = VariantDir(run_dir / variant_name)
+    metrics, size = variant.metrics(), variant.size()
+    metrics_path, size_path = variant.metrics_path, variant.path / "size.json"
     n_params = int(_need(size, "n_params", size_path))
     n_nonzero = int(_need(size, "n_nonzero", size_path))
     size_kb = float(_need(size, "size_kb", size_path))
@@ -95,7 +84,7 @@ def row_from_variant(run_dir: str | Path, variant_name: str) -> dict:
     accuracy, log_loss = _need(metrics, "accuracy", metrics_path), _need(metrics, "log_loss", metrics_path)
     return {
         "rank": None,
-        "label": _label(variant_dir),
+        "label": variant.label,
         "accuracy": None if accuracy is None else float(accuracy),
         "log_loss": None if log_loss is None else float(log_loss),
         "n_params": n_params,
@@ -112,25 +101,9 @@ def row_from_variant(run_dir: str | Path, variant_name: str) -> dict:
     }
 
 
-def _variant_names(run_dir: Path) -> list[str]:
-    """Variants in recipe order (from config.yaml) when it is readable, else folders in name order."""
-    config = run_dir / "config.yaml"
-    try:
-        variants = yaml.safe_load(config.read_text(encoding="utf-8"))["variants"]
-        return [str(v["name"]) for v in variants]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return sorted(p.name for p in run_dir.iterdir() if p.is_dir())
-
-
 def rows_from_run(run_dir: str | Path) -> list[dict]:
     """Rows of every finished variant (a folder with metrics.json) of a run, ranked by accuracy."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: run folder not found")
-    names = [n for n in _variant_names(run_dir) if (run_dir / n / "metrics.json").is_file()]
-    if not names:
-        raise UserError(f"{run_dir}: no finished variant (no <variant>/metrics.json)")
-    return rank_rows([row_from_variant(run_dir, n) for n in names])
+    return rank_rows([row_from_variant(run_dir, v.name) for v in RunDir(run_dir).variants()])
 
 
 def rank_rows(rows: list[dict]) -> list[dict]:
@@ -147,54 +120,75 @@ def write_leaderboard_csv(path: str | Path, rows: list[dict]) -> Path:
     path = Path(path)
     if not rows:
         raise UserError(f"{path}: refusing to write a leaderboard without rows")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow([header for _, header in COLUMNS])
-        for row in rank_rows(rows):
-            writer.writerow([_csv_cell(key, row.get(key)) for key, _ in COLUMNS])
+    atomic_write(path, format_rows(rank_rows(rows), [k for k, _ in COLUMNS], "csv"))
     return path
 
 
-def _csv_cell(key: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if key in CSV_DIGITS:
-        return f"{value:.{CSV_DIGITS[key]}f}"
-    return str(value)
+def format_table(rows: list[dict]) -> str:
+    """The table printed after a run: ranked, aligned, sizes over their policy's limit marked with '*'."""
+    return format_rows(rank_rows(rows), TEXT_KEYS, "text").rstrip("\n")
 
 
-def _table_cell(key: str, row: dict) -> str:
+# ---------------------------------------------------------------- the one table formatter
+
+
+def cell(key: str, row: dict, fmt: str) -> str:
+    """One cell: '' when missing; csv keeps plain numbers, the other formats round, group and mark."""
     value = row.get(key)
     if value is None or value == "":
-        return "-"
+        return ""
+    if fmt == "csv":
+        return f"{value:.{CSV_DIGITS[key]}f}" if key in CSV_DIGITS else str(value)
     if key in TABLE_DIGITS:
         text = f"{value:,.{TABLE_DIGITS[key]}f}"
-        if key == "size_kb":  # the mark (or room for it) keeps the decimal points aligned
-            text += f" {OVER_MARK}" if row.get("over_limit") else "  "
+        if key == "size_kb" and row.get("over_limit"):
+            text += f" {OVER_MARK}"
+        elif key == "size_kb" and fmt == "text":
+            text += "  "  # room for the mark keeps the decimal points aligned
         return text
     if key in ("n_params", "n_nonzero"):
         return f"{value:,}"
     return str(value)
 
 
-def format_table(rows: list[dict]) -> str:
-    """Aligned plain-text table ranked by accuracy; sizes over their policy's limit marked with '*'."""
-    rows = rank_rows(rows)
-    headers = dict(COLUMNS)
-    cells = [[headers[k] for k in _TABLE_KEYS]] + [[_table_cell(k, r) for k in _TABLE_KEYS] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(_TABLE_KEYS))]
-    numeric = {"rank", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity", "size_kb"}
+def format_rows(rows: list[dict], keys: list[str], fmt: str, notes: Sequence[str] = ()) -> str:
+    """`rows` (in the given order) as a 'text' (aligned), 'md', 'csv' or 'html' table of columns `keys`.
 
-    def fmt(line: list[str]) -> str:
-        parts = [
-            text.rjust(w) if key in numeric else text.ljust(w) for key, text, w in zip(_TABLE_KEYS, line, widths)
-        ]
-        return "  ".join(parts).rstrip()
-
-    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(line) for line in cells[1:]]
+    Displays (all but csv) end with the over-limit footnote, naming each policy's limit, then `notes`.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)})")
+    headers = [HEADERS[k] for k in keys]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerows([headers] + [[cell(k, r, fmt) for k in keys] for r in rows])
+        return buf.getvalue()
     over = sorted({(r.get("policy") or "?", r["limit_bytes"]) for r in rows if r.get("over_limit")})
     if over:
-        limits = ", ".join(f"{policy}: {limit / 1024:,.2f} KB" for policy, limit in over)
-        lines.append(f"{OVER_MARK} over the size limit ({limits})")
-    return "\n".join(lines)
+        limits = ", ".join(f"{policy}: {limit / KB:,.2f} KB" for policy, limit in over)
+        notes = [f"{OVER_MARK} over the size limit ({limits})", *notes]
+    if fmt == "md":
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if k in NUMERIC else "---" for k in keys) + "|"]
+        for r in rows:
+            cells = [cell(k, r, fmt).replace("|", "\\|") for k in keys]
+            if r.get("origin") == "own" and "label" in keys:
+                cells[keys.index("label")] = f"**{cells[keys.index('label')]}**"
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join([*lines, "", *notes]).rstrip() + "\n"
+    if fmt == "html":
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+        body = []
+        for r in rows:  # CSS classes: own/published, over-limit
+            classes = " ".join([r.get("origin", "own")] + (["over-limit"] if r.get("over_limit") else []))
+            tds = "".join(f'<td class="{"num" if k in NUMERIC else "txt"}">{html.escape(cell(k, r, fmt))}</td>' for k in keys)
+            body.append(f'<tr class="{classes}">{tds}</tr>')
+        body, foot = "".join(body), "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+        return f'<div class="table-wrap"><table class="leaderboard"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{foot}\n'
+    cells = [headers] + [[cell(k, r, fmt) or "-" for k in keys] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
+
+    def line(texts: list[str]) -> str:
+        return "  ".join(t.rjust(w) if k in NUMERIC else t.ljust(w) for k, t, w in zip(keys, texts, widths)).rstrip()
+
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *map(line, cells[1:]), *notes]) + "\n"

@@ -8,14 +8,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from dcase_effdl.errors import UserError
+from dcase_effdl.files import atomic_open
+from dcase_effdl.rundir import RunDir
+from dcase_effdl.task import KB, SIZE_LIMIT_KB
 
 DPI = 150
 OWN_COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -34,13 +33,13 @@ def _pyplot():
 
 def _save(fig, base: Path) -> list[Path]:
     """Write `base`.png and `base`.svg; returns both paths."""
-    base.parent.mkdir(parents=True, exist_ok=True)
     paths = [base.with_suffix(".png"), base.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=DPI, bbox_inches="tight")
+    with atomic_open(paths[0]) as f:
+        fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
     # Text stays text in the SVG (searchable, small, sharp in the HTML report); no timestamp, so the
     # same run gives the same bytes.
-    with _pyplot().rc_context({"svg.fonttype": "none", "svg.hashsalt": "dcase-effdl"}):
-        fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    with _pyplot().rc_context({"svg.fonttype": "none", "svg.hashsalt": "dcase-effdl"}), atomic_open(paths[1]) as f:
+        fig.savefig(f, format="svg", bbox_inches="tight", metadata={"Date": None})
     _pyplot().close(fig)
     return paths
 
@@ -88,7 +87,7 @@ def _place_labels(ax, items: list[tuple[float, float, str, dict]]) -> None:
 # ---------------------------------------------------------------- accuracy vs size
 
 
-def plot_accuracy_vs_size(rows: list[dict], base: Path, *, title: str | None = None, limit_kb: float = 500.0) -> list[Path]:
+def plot_accuracy_vs_size(rows: list[dict], base: Path, *, title: str | None = None, limit_kb: float = SIZE_LIMIT_KB) -> list[Path]:
     """Accuracy (%) over model size (KB, log axis) with the size limit drawn; published vs own markers.
 
     rows: leaderboard rows (`accuracy`, `size_kb`, `label`, `origin` 'published'|'own', optional
@@ -180,23 +179,15 @@ def plot_confusion_matrix(metrics: dict, base: Path, *, title: str | None = None
 # ---------------------------------------------------------------- training curves
 
 
-def read_history(path: Path) -> tuple[list[dict], int | None]:
-    """Epoch records and best epoch from train/history.json ({best_epoch, epochs} or a plain list)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read training history ({exc})") from None
-    epochs, best = (data.get("epochs"), data.get("best_epoch")) if isinstance(data, dict) else (data, None)
-    if not isinstance(epochs, list) or not all(isinstance(e, dict) and "epoch" in e for e in epochs):
-        raise UserError(f"{path}: expected a list of epoch records with 'epoch', 'train_loss', 'val_loss', 'val_accuracy'")
-    return epochs, best
+def plot_training_curves(histories: dict[str, dict], base: Path, *, title: str | None = None) -> list[Path]:
+    """Loss (train solid, validation dashed) and validation macro accuracy per epoch, one colour per run.
 
-
-def plot_training_curves(histories: dict[str, tuple[list[dict], int | None]], base: Path, *, title: str | None = None) -> list[Path]:
-    """Loss (train solid, validation dashed) and validation macro accuracy per epoch, one colour per run."""
+    histories: run name -> `RunDir.history()` ({best_epoch, epochs}).
+    """
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, (name, (epochs, best)) in enumerate(histories.items()):
+    for i, (name, history) in enumerate(histories.items()):
+        epochs, best = history["epochs"], history.get("best_epoch")
         color = OWN_COLORS[i % len(OWN_COLORS)]
         # NaN (JSON NaN: no validation clips) and missing values are left out of the lines.
         epochs = [{k: v for k, v in e.items() if not (isinstance(v, float) and not math.isfinite(v))} for e in epochs]
@@ -236,43 +227,40 @@ def plot_training_curves(histories: dict[str, tuple[list[dict], int | None]], ba
 # ---------------------------------------------------------------- run folders
 
 
-def _load_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _rows(run_dirs: list[Path], published: str | None) -> list[dict]:
     from dcase_effdl.reporting.published import merged_rows
 
     return merged_rows(run_dirs, published)
 
 
+def _confusion_plots(run: RunDir, out: Path, name: str, prefix: str) -> list[Path]:
+    """A confusion matrix per finished variant whose metrics have one."""
+    written = []
+    for variant in run.variants():
+        metrics = variant.metrics()
+        if metrics.get("confusion_matrix") and metrics.get("classes"):
+            written += plot_confusion_matrix(metrics, out / f"confusion_{prefix}{variant.name}", title=f"{name} / {variant.name}")
+    return written
+
+
 def write_run_plots(run_dir: str | Path, published: str | None = "dcase2020_task1b") -> list[Path]:
     """Every plot of one run into `<run_dir>/plots/`: training curves, accuracy vs size, confusion matrices."""
     from dcase_effdl.reporting.leaderboard import rows_from_run
 
-    run_dir = Path(run_dir)
-    out = run_dir / "plots"
+    run = RunDir(run_dir)
+    name, out = run.path.name, run.path / "plots"
     written: list[Path] = []
-    history = run_dir / "train" / "history.json"
-    if history.is_file():
-        written += plot_training_curves({run_dir.name: read_history(history)}, out / "training_curves",
-                                        title=f"Training curves: {run_dir.name}")
-    rows = rows_from_run(run_dir)
-    for row in rows:
-        metrics = _load_json(run_dir / row["variant"] / "metrics.json") or {}
-        if metrics.get("confusion_matrix") and metrics.get("classes"):
-            written += plot_confusion_matrix(metrics, out / f"confusion_{row['variant']}",
-                                             title=f"{run_dir.name} / {row['variant']}")
-    limit = next((r["limit_bytes"] / 1024 for r in rows if r.get("limit_bytes")), 500.0)
-    use_published = published if compares_with_published(run_dir) else None
-    all_rows = _rows([run_dir], use_published)
+    history = run.history(optional=True)
+    if history is not None:
+        written += plot_training_curves({name: history}, out / "training_curves", title=f"Training curves: {name}")
+    written += _confusion_plots(run, out, name, "")
+    rows = rows_from_run(run.path)
+    limit = next((r["limit_bytes"] / KB for r in rows if r.get("limit_bytes")), SIZE_LIMIT_KB)
+    use_published = published if compares_with_published(run.path) else None
+    all_rows = _rows([run.path], use_published)
     if any(r.get("accuracy") is not None and r.get("size_kb") for r in all_rows):
         written += plot_accuracy_vs_size(all_rows, out / "accuracy_vs_size",
-                                         title=f"Accuracy vs model size: {run_dir.name}", limit_kb=limit)
+                                         title=f"Accuracy vs model size: {name}", limit_kb=limit)
     return written
 
 
@@ -280,37 +268,22 @@ def compares_with_published(run_dir: Path) -> bool:
     """Published DCASE 2020 Task 1B rows belong beside a scene run under the 2020 size rule only."""
     from dcase_effdl.reporting.leaderboard import rows_from_run
 
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        config = {}
-    kind = (config.get("dataset") or {}).get("kind", "tau") if isinstance(config, dict) else "tau"
     policies = {r.get("policy") for r in rows_from_run(run_dir)}
-    return kind == "tau" and policies <= {"dcase2020", None}
+    return RunDir(run_dir).recipe().dataset.kind == "tau" and policies <= {"dcase2020", None}
 
 
 def write_comparison_plots(run_dirs: list[str | Path], out_dir: str | Path, published: str | None = "dcase2020_task1b") -> list[Path]:
     """Plots comparing runs: accuracy vs size of all their variants, training curves side by side."""
-    run_dirs = [Path(p) for p in run_dirs]
+    runs = [RunDir(p) for p in run_dirs]
     out_dir = Path(out_dir)
-    names = [p.name for p in run_dirs]
+    names = [r.path.name for r in runs]
     if len(set(names)) != len(names):
-        names = [str(p) for p in run_dirs]
-    written = plot_accuracy_vs_size(_rows(run_dirs, published), out_dir / "accuracy_vs_size",
+        names = [str(r.path) for r in runs]
+    written = plot_accuracy_vs_size(_rows([r.path for r in runs], published), out_dir / "accuracy_vs_size",
                                     title="Accuracy vs model size: " + ", ".join(names))
-    histories = {
-        name: read_history(p / "train" / "history.json")
-        for name, p in zip(names, run_dirs) if (p / "train" / "history.json").is_file()
-    }
+    histories = {name: h for name, r in zip(names, runs) if (h := r.history(optional=True)) is not None}
     if histories:
         written += plot_training_curves(histories, out_dir / "training_curves", title="Training curves")
-    for name, p in zip(names, run_dirs):
-        from dcase_effdl.reporting.leaderboard import rows_from_run
-
-        for row in rows_from_run(p):
-            metrics = _load_json(p / row["variant"] / "metrics.json") or {}
-            if metrics.get("confusion_matrix") and metrics.get("classes"):
-                safe = name.replace("/", "_")
-                written += plot_confusion_matrix(metrics, out_dir / f"confusion_{safe}_{row['variant']}",
-                                                 title=f"{name} / {row['variant']}")
+    for name, run in zip(names, runs):
+        written += _confusion_plots(run, out_dir, name, name.replace("/", "_") + "_")
     return written

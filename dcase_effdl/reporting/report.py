@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dcase_effdl import __version__
 from dcase_effdl.errors import UserError
+from dcase_effdl.files import atomic_write
+from dcase_effdl.rundir import RunDir
+from dcase_effdl.task import KB
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 24px auto;
@@ -48,21 +48,6 @@ dt { color: #555; } dd { margin: 0; }
 
 def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
-
-
-def _read_json(path: Path) -> dict | list | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def inline_svg(path: Path) -> str:
@@ -118,7 +103,7 @@ def size_table(size: dict) -> str:
     if limit:
         over = size.get("size_bytes", 0) > limit
         verdict = (f" — {'OVER' if over else 'within'} the limit of {limit:,} bytes "
-                   f"({limit / 1024:,.2f} KB, policy {_esc(size.get('policy'))})")
+                   f"({limit / KB:,.2f} KB, policy {_esc(size.get('policy'))})")
     total = (f"<p class=\"note\">Total: {size.get('n_params', 0):,} parameters, {size.get('n_nonzero', 0):,} non-zero, "
              f"{size.get('size_bytes', 0):,} bytes = {size.get('size_kb', 0):,.2f} KB (KB = 1024 B){verdict}.</p>")
     return table + total
@@ -143,29 +128,27 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def _run_summary(run_dir: Path) -> str:
-    config = _read_yaml(run_dir / "config.yaml")
-    env = _read_json(run_dir / "environment.json") or {}
-    history = _read_json(run_dir / "train" / "history.json")
+def _run_summary(run: RunDir) -> str:
+    recipe, env, history = run.recipe(), run.environment(), run.history(optional=True)
     items = [
-        ("Run folder", str(run_dir)),
-        ("Recipe", config.get("name")),
-        ("Model", (config.get("model") or {}).get("name")),
-        ("Dataset", (config.get("dataset") or {}).get("root")),
-        ("Epochs", (config.get("train") or {}).get("epochs")),
-        ("Seed", config.get("seed")),
-        ("Size policy", config.get("size_policy")),
-        ("Best epoch", history.get("best_epoch") if isinstance(history, dict) else None),
-        ("Git commit", env.get("git_commit") if isinstance(env, dict) else None),
-        ("torch", env.get("torch") if isinstance(env, dict) else None),
+        ("Run folder", str(run.path)),
+        ("Recipe", recipe.name),
+        ("Model", recipe.model.name),
+        ("Dataset", recipe.dataset.root),
+        ("Epochs", recipe.train.epochs),
+        ("Seed", recipe.seed),
+        ("Size policy", recipe.size_policy),
+        ("Best epoch", history.get("best_epoch") if history else None),
+        ("Git commit", env.get("git_commit")),
+        ("torch", env.get("torch")),
     ]
     return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items if v not in (None, "")) + "</dl>"
 
 
 def _leaderboard(run_dirs: list[Path], published: str | None) -> str:
-    from dcase_effdl.reporting.published import format_html, merged_rows
+    from dcase_effdl.reporting.published import format_leaderboard, merged_rows
 
-    return format_html(merged_rows(run_dirs, published))
+    return format_leaderboard(merged_rows(run_dirs, published), "html")
 
 
 def _variant_sections(run_dir: Path, plots_dir: Path, prefix: str = "") -> str:
@@ -174,8 +157,8 @@ def _variant_sections(run_dir: Path, plots_dir: Path, prefix: str = "") -> str:
     parts = []
     for row in rows_from_run(run_dir):
         variant = row["variant"]
-        metrics = _read_json(run_dir / variant / "metrics.json") or {}
-        size = _read_json(run_dir / variant / "size.json") or {}
+        vdir = RunDir(run_dir).variant(variant)
+        metrics, size = vdir.metrics(), vdir.size()
         title = f"{prefix}{variant}" + (f" ({row['label']})" if row.get("label") else "")
         steps = row.get("complexity_management") or "none"
         confusion = "confusion_" + prefix.replace("/", "_") + f"{variant}.svg"
@@ -203,7 +186,7 @@ def write_report(run_dir: str | Path, published: str | None = "dcase2020_task1b"
     if not (plots / "accuracy_vs_size.svg").is_file():
         write_run_plots(run_dir, published)
     body = [
-        "<h2>Run</h2>", _run_summary(run_dir),
+        "<h2>Run</h2>", _run_summary(RunDir(run_dir)),
         "<h2>Leaderboard</h2>", _leaderboard([run_dir], published),
         _figure(plots / "accuracy_vs_size.svg", "Accuracy vs model size; the dashed line is the size limit.", wide=True),
         "<h2>Training</h2>", _figure(plots / "training_curves.svg", "Loss and validation macro accuracy per epoch.", wide=True)
@@ -211,10 +194,7 @@ def write_report(run_dir: str | Path, published: str | None = "dcase2020_task1b"
         "<h2>Variants</h2>", _variant_sections(run_dir, plots),
     ]
     path = Path(out) if out else run_dir / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(_page(f"dcase-effdl run report: {run_dir.name}", "\n".join(body)), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, _page(f"dcase-effdl run report: {run_dir.name}", "\n".join(body)))
     return path
 
 
@@ -239,10 +219,7 @@ def write_comparison_report(run_dirs: list[str | Path], out: str | Path, publish
             "<h2>Training</h2>", _figure(plots / "training_curves.svg", "Loss and validation macro accuracy per epoch, one colour per run.", wide=True),
         ]
         for name, run_dir in zip(names, run_dirs):
-            body += [f"<h2>Run {_esc(name)}</h2>", _run_summary(run_dir), _variant_sections(run_dir, plots, prefix=f"{name}/")]
+            body += [f"<h2>Run {_esc(name)}</h2>", _run_summary(RunDir(run_dir)), _variant_sections(run_dir, plots, prefix=f"{name}/")]
         text = _page("dcase-effdl comparison: " + ", ".join(names), "\n".join(body))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(text, encoding="utf-8")
-    tmp_out.replace(out)
+    atomic_write(out, text)
     return out

@@ -12,6 +12,7 @@ Formats follow the 2020 submission validator (toni-heittola/dcase2020_task1_subm
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,9 +21,10 @@ import numpy as np
 import yaml
 
 from dcase_effdl.errors import UserError
+from dcase_effdl.files import atomic_write
+from dcase_effdl.task import ABBREVIATION_MAX
 
 OUTPUT_DIGITS = 10  # significant digits of the probabilities in output.csv
-ABBREVIATION_MAX = 10  # characters, a 2020 rule
 
 # system.description of the 2020 template, with the official baseline's values as defaults.
 DESCRIPTION_DEFAULTS: dict[str, Any] = {
@@ -103,14 +105,12 @@ def write_output_csv(
     winners = probs.argmax(axis=1)
     text = _format_rows(probs, digits)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["filename", "scene_label", *classes])
-        for name, winner, row in zip(filenames, winners, text):
-            writer.writerow([name, classes[winner], *row])
-    tmp.replace(path)  # never leave a half-written output behind
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(["filename", "scene_label", *classes])
+    for name, winner, row in zip(filenames, winners, text):
+        writer.writerow([name, classes[winner], *row])
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -161,6 +161,9 @@ def write_meta_yaml(
     *,
     name: str | None = None,
     abbreviation: str | None = None,
+    authors: list[dict] | None = None,
+    external_datasets: list[dict] | None = None,
+    source_code: str | None = None,
 ) -> Path:
     """Write the 2020 Task 1 meta YAML for submission `label` (`Lastname_INST_task1b_N`).
 
@@ -168,8 +171,8 @@ def write_meta_yaml(
     size: at least `n_params`, `n_nonzero`, `size_kb` (KB = 1024 B); `complexity_management` is used
         as the description's complexity_management when `system` does not set it.
     system: overrides for `system.description` fields (keys of DESCRIPTION_DEFAULTS).
-    The single author is a placeholder (corresponding) built from the label's lastname and institute:
-    edit it before submitting.
+    authors: the template's author records; without them the single author is a placeholder
+    (corresponding) built from the label's lastname and institute, to be edited before submitting.
     """
     path = Path(path)
     parts = label.split("_")
@@ -201,7 +204,7 @@ def write_meta_yaml(
             "label": label,
             "name": name or label,
             "abbreviation": abbreviation,
-            "authors": [
+            "authors": authors or [
                 {
                     "lastname": lastname,
                     "firstname": "Firstname",
@@ -223,8 +226,8 @@ def write_meta_yaml(
                 "total_parameters_non_zero": int(size["n_nonzero"]),
                 "model_size": round(float(size["size_kb"]), 2),  # KB = 1024 B
             },
-            "external_datasets": None,
-            "source_code": None,
+            "external_datasets": external_datasets,
+            "source_code": source_code,
         },
         "results": {
             "development_dataset": {
@@ -234,10 +237,9 @@ def write_meta_yaml(
         },
     }
     header = (
-        f"# DCASE 2020 Task 1 submission meta information for {label}, written by dcase_effdl.\n"
+        f"# DCASE 2020 Task 1 submission meta information for {label}, written by dcase-effdl.\n"
         "# Accuracy is the macro average of class-wise accuracies (%); model_size is in KB (1024 B).\n"
-        "# The author below is a placeholder: fill in real names before submitting.\n"
+        + ("" if authors else "# The author below is a placeholder: fill in real names before submitting.\n")
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    atomic_write(path, header + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
     return path

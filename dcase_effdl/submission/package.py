@@ -21,15 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
-
 from dcase_effdl.config import from_dict, read_yaml
 from dcase_effdl.errors import UserError
-from dcase_effdl.reporting.leaderboard import read_json
+from dcase_effdl.files import atomic_open
+from dcase_effdl.rundir import RunDir, VariantDir
 from dcase_effdl.submission.files import DESCRIPTION_DEFAULTS, write_meta_yaml
-from dcase_effdl.submission.validate import (
-    MAX_SYSTEMS, Report, check_label, dataset_test_files, evaluation_set_files, validate_package,
-)
+from dcase_effdl.submission.validate import Report, check_label, dataset_test_files, evaluation_set_files, validate_package
+from dcase_effdl.task import ABBREVIATION_MAX, MAX_SYSTEMS
 
 # ---------------------------------------------------------------- the user's submission info
 
@@ -122,47 +120,35 @@ class System:
 
 
 def _system(variant_dir: Path, label: str | None) -> System:
+    variant = VariantDir(variant_dir)
     if not variant_dir.is_dir():
         raise UserError(f"{variant_dir}: variant folder not found (give RUNDIR/VARIANT, e.g. runs/quickstart/float16)")
-    outputs = sorted(variant_dir.glob("*.output.csv"))
-    if len(outputs) != 1:
-        found = ", ".join(p.name for p in outputs) or "none"
-        raise UserError(f"{variant_dir}: expected exactly one <label>.output.csv, found {found}")
-    label = label or outputs[0].name[: -len(".output.csv")]
+    if variant.output is None:
+        raise UserError(f"{variant_dir}: no <label>.output.csv (has this variant finished?)")
+    label = label or variant.label
     report = Report(str(variant_dir))
     if not check_label(label, str(variant_dir), None, report):
         raise UserError(f"{report.problems[0].message} (give --label Lastname_INST_task1b_N)")
-    metrics = read_json(variant_dir / "metrics.json")
+    metrics = variant.metrics()
     for key in ("accuracy", "log_loss", "class_wise"):
         if metrics.get(key) is None:
-            raise UserError(f"{variant_dir / 'metrics.json'}: no '{key}' (results on labelled development data are required)")
-    return System(variant_dir, label, outputs[0], metrics, read_json(variant_dir / "size.json"))
+            raise UserError(f"{variant.metrics_path}: no '{key}' (results on labelled development data are required)")
+    return System(variant_dir, label, variant.output, metrics, variant.size())
 
 
-def _run_description(run_dir: Path) -> dict:
+def _run_description(run: RunDir) -> dict:
     """system.description values a run folder knows: input channels and sampling rate."""
-    try:
-        features = yaml.safe_load((run_dir / "features.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    out = {}
-    if isinstance(features.get("sample_rate"), (int, float)):
-        out["input_sampling_rate"] = f"{features['sample_rate'] / 1000:g}kHz"
-    if features.get("channels") in ("mono", "stereo"):
-        out["input_channels"] = "mono" if features["channels"] == "mono" else "binaural"
-    return out
+    features = run.features()
+    return {"input_sampling_rate": f"{features.sample_rate / 1000:g}kHz",
+            "input_channels": "mono" if features.channels == "mono" else "binaural"}
 
 
 def _expected_files(systems: list[System], dataset: str | Path | None) -> tuple[list[str], str]:
     """File names the outputs must cover: --dataset, else the run's dataset, else the evaluation set."""
     if dataset is not None:
         return dataset_test_files(dataset), f"test split of {dataset}"
-    try:
-        config = yaml.safe_load((systems[0].variant_dir.parent / "config.yaml").read_text(encoding="utf-8"))
-        root = Path(config["dataset"]["root"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        root = None
-    if root is not None and (root / "evaluation_setup" / "fold1_test.csv").is_file():
+    root = Path(VariantDir(systems[0].variant_dir).run.recipe().dataset.root)
+    if (root / "evaluation_setup" / "fold1_test.csv").is_file():
         return dataset_test_files(root), f"test split of {root}"
     return evaluation_set_files(), "the 2020 3Class evaluation set"
 
@@ -177,41 +163,28 @@ def _fill(template: str, system: System) -> str:
 
 def write_system_meta(path: Path, system: System, info: SubmissionInfo | None) -> Path:
     """`<label>.meta.yaml` from metrics, size and the submission info (placeholder author without it)."""
-    description = _run_description(system.variant_dir.parent)
-    override = SystemOverride()
-    if info is not None:
-        override = info.systems.get(system.label) or info.systems.get(system.variant_dir.name) or override
-        description.update(info.description)
-        description.update(override.description)
-    name = abbreviation = None
-    if info is not None:
-        name = _fill(override.name or info.name, system)
-        if override.abbreviation or info.abbreviation:
-            abbreviation = _fill(override.abbreviation or info.abbreviation, system)
-            if len(abbreviation) > 10:  # write_meta_yaml would refuse it with a less helpful message
-                raise UserError(f"abbreviation '{abbreviation}' of {system.label} is {len(abbreviation)} characters; at most 10 allowed")
-    write_meta_yaml(path, system.label, system.metrics, system.size, description, name=name, abbreviation=abbreviation)
+    description = _run_description(VariantDir(system.variant_dir).run)
     if info is None:
-        return path
-    meta = yaml.safe_load(path.read_text(encoding="utf-8"))
-    meta["submission"]["authors"] = [
-        {k: v for k, v in {
-            "lastname": a.lastname, "firstname": a.firstname, "email": a.email,
-            **({"corresponding": True} if a.corresponding else {}),
-            "affiliation": {k2: v2 for k2, v2 in vars(a.affiliation).items() if v2 is not None},
-        }.items()}
+        return write_meta_yaml(path, system.label, system.metrics, system.size, description)
+    override = info.systems.get(system.label) or info.systems.get(system.variant_dir.name) or SystemOverride()
+    description.update(info.description)
+    description.update(override.description)
+    name = _fill(override.name or info.name, system)
+    template = override.abbreviation or info.abbreviation
+    abbreviation = _fill(template, system) if template else None
+    if abbreviation is not None and len(abbreviation) > ABBREVIATION_MAX:  # write_meta_yaml's message would not name the system
+        raise UserError(f"abbreviation '{abbreviation}' of {system.label} is {len(abbreviation)} characters; "
+                        f"at most {ABBREVIATION_MAX} allowed")
+    authors = [
+        {"lastname": a.lastname, "firstname": a.firstname, "email": a.email,
+         **({"corresponding": True} if a.corresponding else {}),
+         "affiliation": {k: v for k, v in vars(a.affiliation).items() if v is not None}}
         for a in info.authors
     ]
-    meta["system"]["external_datasets"] = (
-        None if info.external_datasets is None else [vars(d) for d in info.external_datasets]
-    )
-    meta["system"]["source_code"] = info.source_code
-    header = (
-        f"# DCASE 2020 Task 1 submission meta information for {system.label}, written by dcase-effdl submit.\n"
-        "# Accuracy is the macro average of class-wise accuracies (%); model_size is in KB (1024 B).\n"
-    )
-    path.write_text(header + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return path
+    external = None if info.external_datasets is None else [vars(d) for d in info.external_datasets]
+    return write_meta_yaml(path, system.label, system.metrics, system.size, description, name=name,
+                           abbreviation=abbreviation, authors=authors, external_datasets=external,
+                           source_code=info.source_code)
 
 
 # ---------------------------------------------------------------- the package
@@ -288,15 +261,13 @@ def build_package(
             shutil.move(str(item), str(target))
     zip_path = out_dir / zip_name
     root = zip_path.stem
-    tmp_zip = zip_path.with_name(zip_path.name + ".tmp")
     members = [out_dir / "task1" / s.label for s in systems]
     pdf = out_dir / "task1" / f"{lastname}_{institute}_task1.technical_report.pdf"
-    with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    with atomic_open(zip_path) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for folder in members:
-            for f in sorted(folder.iterdir()):
-                z.write(f, f"{root}/{f.relative_to(out_dir).as_posix()}")
+            for member in sorted(folder.iterdir()):
+                z.write(member, f"{root}/{member.relative_to(out_dir).as_posix()}")
         if info is not None and info.technical_report and pdf.is_file():
             z.write(pdf, f"{root}/{pdf.relative_to(out_dir).as_posix()}")
-    tmp_zip.replace(zip_path)
     report.package = str(zip_path)
     return Package(out_dir, zip_path, [s.label for s in systems], expected_what, report)

@@ -13,6 +13,10 @@ at the first one.
 
 Expected files: the 2020 3Class evaluation set (`audio/0.wav` ... `audio/8639.wav`) by default, or
 the test split (`evaluation_setup/fold1_test.csv`) of the dataset given with `--dataset`.
+
+A package may be hostile, so it is read within hard limits (entries, bytes per file and in all,
+checked from the zip's headers and counted again while decompressing; meta.yaml through the bounded
+YAML reader) and names that could point outside the package are refused: one line, before the checks.
 """
 
 from __future__ import annotations
@@ -22,21 +26,18 @@ import io
 import math
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
+from dcase_effdl import safe_yaml
 from dcase_effdl.errors import UserError
+from dcase_effdl.task import ABBREVIATION_MAX, CLASSES, EVAL_FILE_COUNT, LABEL_FORMAT, LABEL_RE, MAX_SYSTEMS, SIZE_LIMIT_KB, TASK
 
-TASK = "task1b"
-CLASSES = ["indoor", "outdoor", "transportation"]  # alphabetical: the column order of the output
 OUTPUT_FIELDS = ["filename", "scene_label", *CLASSES]
-EVAL_FILE_COUNT = 8640  # TAU Urban Acoustic Scenes 2020 3Class, evaluation set: audio/0.wav ... audio/8639.wav
-MAX_SYSTEMS = 4
-ABBREVIATION_MAX = 10  # characters
-SIZE_LIMIT_KB = 500.0  # non-zero parameters, KB = 1024 B (2020 Task 1B rule)
 SUM_TOLERANCE = 1e-3  # |sum of a row's probabilities - 1|; printed values with 6 decimals are far inside
 MAX_LISTED = 5  # names shown in a summary line (missing files)
 
@@ -52,10 +53,6 @@ DESCRIPTION_FIELDS = [
 COMPLEXITY_FIELDS = ["total_parameters", "total_parameters_non_zero", "model_size"]
 EXTERNAL_DATASET_FIELDS = ["name", "url", "total_audio_length"]
 RESULT_FIELDS = ["accuracy", "logloss"]
-
-_PART = r"[^\W_](?:[^\W_]|-)*"  # letters/digits, hyphens inside (e.g. Lopez-Meyer); no underscore
-LABEL_RE = re.compile(rf"^(?P<lastname>{_PART})_(?P<institute>{_PART})_(?P<task>task\d[a-z]?)_(?P<index>\d+)$")
-LABEL_FORMAT = f"Lastname_INST_{TASK}_N with N = 1..{MAX_SYSTEMS}"
 
 
 @dataclass
@@ -129,40 +126,230 @@ def _key(name: str) -> str:
     return PurePosixPath(name.replace("\\", "/")).name
 
 
+# ---------------------------------------------------------------- package limits
+
+# A package is read within these bounds, so a hostile one (a zip bomb, a header that lies about a
+# size, thousands of entries) is refused after reading at most about their sum. Each bound is what a
+# valid 2020 Task 1B package holds, with headroom; sizes are uncompressed bytes.
+ROW_MAX_BYTES = 256  # one output row: 60 B as `submit` writes them ("audio/8639.wav", a class, three
+                     # 6-decimal probabilities), ~130 B with a 37-character development file name and
+                     # 17-digit floats
+META_MAX_BYTES = 64 * 1024  # <label>.meta.yaml: ~2 KB as `submit` writes it, ~5 KB for the commented template
+META_MAX_VALUES = 10_000  # meta.yaml values once YAML aliases are expanded; a complete one has ~60
+REPORT_MAX_BYTES = 16 * 1024 * 1024  # the technical report PDF: 5 pages; never read, only its size and CRC checked
+OTHER_MAX_BYTES = 1024 * 1024  # any other file (reported as unexpected) and the .DS_Store/__MACOSX files macOS adds
+MAX_ENTRIES = 64  # files and folders: 4 systems x 2 files + 1 report + 6 folders = 15, doubled by macOS's
+                  # __MACOSX twins, and doubled again
+CENTRAL_DIRECTORY_MAX_BYTES = MAX_ENTRIES * 1024  # a zip's table of entries: ~100 B each (name, sizes, times)
+READ_CHUNK = 64 * 1024  # bytes decompressed at a time
+# Compression methods a package may use. Deflate is decompressed in bounded steps; zipfile hands a
+# bzip2 or LZMA chunk to a decompressor that returns all its output at once (785 B of bzip2 are 1 GB).
+METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+
+
+def output_max_bytes(n_files: int) -> int:
+    """The most bytes an output.csv for `n_files` expected files may have (header + rows), at least the evaluation set's."""
+    return (max(n_files, EVAL_FILE_COUNT) + 1) * ROW_MAX_BYTES
+
+
+def package_max_bytes(n_files: int) -> int:
+    """The most uncompressed bytes a whole package may have: four full systems, a report, one stray file."""
+    return MAX_SYSTEMS * (output_max_bytes(n_files) + META_MAX_BYTES) + REPORT_MAX_BYTES + OTHER_MAX_BYTES
+
+
+def file_max_bytes(name: str, n_files: int) -> tuple[str, int]:
+    """(the kind of file, in the plural; the most bytes it may have) for a package file named `name`."""
+    if name.endswith(".output.csv"):
+        return "output.csv files", output_max_bytes(n_files)
+    if name.endswith(".meta.yaml"):
+        return "meta.yaml files", META_MAX_BYTES
+    if name.lower().endswith(".pdf"):
+        return "technical reports", REPORT_MAX_BYTES
+    return "other files", OTHER_MAX_BYTES
+
+
 # ---------------------------------------------------------------- reading a package
 
 
-def _read_package(path: Path, report: Report) -> dict[str, bytes]:
-    """All files of the package as {posix path relative to the package root: bytes}."""
-    files: dict[str, bytes] = {}
+def _refuse(source: str, what: str) -> UserError:
+    return UserError(f"{source}: {what}; refused")
+
+
+def _package_path(source: str, raw: str) -> str:
+    """A member name as a normalised relative POSIX path ('.' parts and doubled slashes dropped).
+
+    Names that could be written outside the folder a package is unpacked into, or mean different
+    files on different systems, are refused: absolute paths, '..' parts, backslashes (a separator
+    on Windows), control characters (they also rewrite the terminal that prints the name).
+    """
+    if "\\" in raw:
+        why = "contains a backslash"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        why = "contains a control character"
+    elif raw.startswith("/") or re.match(r"[A-Za-z]:", raw):
+        why = "is an absolute path"
+    elif ".." in raw.split("/"):
+        why = "has a '..' part"
+    elif str(PurePosixPath(raw)) == ".":
+        why = "is empty"
+    else:
+        return str(PurePosixPath(raw))
+    raise _refuse(source, f"entry {raw!r} {why} (a package's files lie in task1/<label>/)")
+
+
+def _is_clutter(name: str) -> bool:
+    """Files tools and operating systems leave behind (.DS_Store, __MACOSX/): not part of a submission."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)
+
+
+def _keeps_content(name: str) -> bool:
+    """The files the checks read; others are only sized (and, in a zip, their CRC checked)."""
+    return name.endswith((".output.csv", ".meta.yaml")) and not _is_clutter(name)
+
+
+def _check_entry_count(path: Path) -> None:
+    """Refuse a zip whose table of entries is too long before zipfile reads all of it.
+
+    zipfile builds one object per entry as it opens a zip: 750,000 empty entries in a 64 MB zip
+    took 18 s and 430 MB before any check could run. The end record says how long the table is.
+    """
+    with open(path, "rb") as fh:
+        end = zipfile._EndRecData(fh)  # the record zipfile itself will use (ZIP64 included)
+    if end is None:
+        raise UserError(f"{path}: not a zip file (give a .zip package or a folder)")
+    entries, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    if entries > MAX_ENTRIES or size > CENTRAL_DIRECTORY_MAX_BYTES:
+        raise _refuse(str(path), f"{entries:,} entries in {size:,} bytes, more than the {MAX_ENTRIES} a package "
+                                 f"holds ({MAX_SYSTEMS} systems x 2 files, a report and their folders)")
+
+
+def _read_zip(path: Path, n_files: int, report: Report) -> dict[str, bytes | None]:
+    total_limit = package_max_bytes(n_files)
+    # A zip is never much larger than what it holds: a bigger one has data no entry accounts for.
+    if path.stat().st_size > total_limit + CENTRAL_DIRECTORY_MAX_BYTES:
+        raise _refuse(str(path), f"{path.stat().st_size:,} bytes, more than a package can be "
+                                 f"({total_limit + CENTRAL_DIRECTORY_MAX_BYTES:,})")
+    _check_entry_count(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, ValueError, EOFError):
+        raise UserError(f"{path}: not a zip file (give a .zip package or a folder)") from None
+    files: dict[str, bytes | None] = {}
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_ENTRIES:  # the end record may understate what the table holds
+            raise _refuse(str(path), f"{len(infos):,} entries, more than the {MAX_ENTRIES} a package holds")
+        # First everything the headers say, before a byte is decompressed.
+        names, declared = [], 0
+        for info in infos:
+            name = _package_path(str(path), info.filename)
+            if name in names:
+                raise _refuse(str(path), f"entry '{name}' appears twice (unpacking tools would keep different copies)")
+            names.append(name)
+            if info.is_dir():
+                continue
+            what, limit = file_max_bytes(name, n_files)
+            if info.compress_type not in METHODS:
+                raise _refuse(str(path), f"'{name}' is compressed with method {info.compress_type}; a package uses "
+                                         f"{' or '.join(METHODS.values())}")
+            if info.flag_bits & 0x1:
+                raise _refuse(str(path), f"'{name}' is encrypted")
+            if info.file_size > limit:
+                raise _refuse(str(path), f"'{name}' would unpack to {info.file_size:,} bytes, over the limit of "
+                                         f"{limit:,} for {what} (a zip bomb?)")
+            declared += info.file_size
+        if declared > total_limit:
+            raise _refuse(str(path), f"the entries would unpack to {declared:,} bytes, more than the {total_limit:,} "
+                                     "a package may have")
+        # Then the bytes, counted as they come out: the limits hold even where a header lies.
+        # (zipfile stops at the size the header gives and then finds the CRC wrong; the count does
+        # not rely on that.)
+        unpacked = 0
+        for info, name in zip(infos, names):
+            if info.is_dir():
+                continue
+            what, limit = file_max_bytes(name, n_files)
+            keep = _keeps_content(name)
+            chunks, size = [], 0
+            try:
+                with archive.open(info) as member:
+                    while chunk := member.read(READ_CHUNK):
+                        size += len(chunk)
+                        unpacked += len(chunk)
+                        if size > limit or size > info.file_size:
+                            raise _refuse(str(path), f"'{name}' unpacks to more than the {info.file_size:,} bytes "
+                                                     f"its header says (the limit for {what} is {limit:,})")
+                        if unpacked > total_limit:
+                            raise _refuse(str(path), f"the entries unpack to more than the {total_limit:,} bytes "
+                                                     "a package may have")
+                        if keep:
+                            chunks.append(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                report.add(str(path), None, f"damaged file in the zip: {name} ({exc})")
+                continue
+            if size != info.file_size:
+                report.add(str(path), None, f"damaged file in the zip: {name} (unpacks to {size:,} bytes, "
+                                            f"its header says {info.file_size:,})")
+                continue
+            files[name] = b"".join(chunks) if keep else None
+    return files
+
+
+def _read_folder(path: Path, n_files: int, report: Report) -> dict[str, bytes | None]:
+    total_limit = package_max_bytes(n_files)
+    entries = []
+    for p in path.rglob("*"):  # counted as found: a folder of a million files is refused at the 65th
+        entries.append(p)
+        if len(entries) > MAX_ENTRIES:
+            raise _refuse(str(path), f"more than {MAX_ENTRIES} files and folders, more than a package holds "
+                                     f"({MAX_SYSTEMS} systems x 2 files, a report and their folders)")
+    files: dict[str, bytes | None] = {}
+    total = 0
+    for p in sorted(entries):
+        name = _package_path(str(path), p.relative_to(path).as_posix())
+        if p.is_symlink():  # it may point anywhere, at anything; a zip of the package would not hold it
+            raise _refuse(str(p), "a symbolic link (a package holds plain files: copy the file in)")
+        if not p.is_file():
+            continue
+        if p.suffix.lower() == ".zip":
+            # `submit` leaves the zip beside task1/; it is checked when given on its own.
+            report.warn(str(p), None, "zip file ignored while checking the folder (validate it on its own)")
+            continue
+        what, limit = file_max_bytes(name, n_files)
+        size = p.stat().st_size
+        total += size
+        if size > limit:
+            raise _refuse(str(p), f"{size:,} bytes, over the limit of {limit:,} for {what}")
+        if total > total_limit:
+            raise _refuse(str(path), f"its files hold more than the {total_limit:,} bytes a package may have")
+        data = None
+        if _keeps_content(name):
+            with open(p, "rb") as fh:
+                data = fh.read(limit + 1)  # never more, whatever the file became since stat
+            if len(data) > limit:
+                raise _refuse(str(p), f"more than {limit:,} bytes, the limit for {what}")
+        files[name] = data
+    return files
+
+
+def _read_package(path: Path, n_files: int, report: Report) -> dict[str, bytes | None]:
+    """The package's files as {posix path relative to the package root: bytes of the files the checks
+    read (output and meta), None for the others}; within the limits above (UserError otherwise)."""
     if path.is_file():
-        try:
-            with zipfile.ZipFile(path) as z:
-                bad = z.testzip()
-                if bad is not None:
-                    report.add(str(path), None, f"damaged file in the zip: {bad}")
-                for info in z.infolist():
-                    if not info.is_dir() and info.filename != bad:
-                        files[info.filename] = z.read(info)
-        except zipfile.BadZipFile:
-            raise UserError(f"{path}: not a zip file (give a .zip package or a folder)") from None
+        files = _read_zip(path, n_files, report)
     elif path.is_dir():
-        for p in sorted(path.rglob("*")):
-            if p.is_file() and p.suffix.lower() == ".zip":
-                # `submit` leaves the zip beside task1/; it is checked when given on its own.
-                report.warn(str(p), None, "zip file ignored while checking the folder (validate it on its own)")
-            elif p.is_file():
-                files[p.relative_to(path).as_posix()] = p.read_bytes()
+        files = _read_folder(path, n_files, report)
     else:
         raise UserError(f"{path}: no such file or folder")
-    # Tools and operating systems leave these behind; they are not part of a submission.
-    return {
-        name: data for name, data in files.items()
-        if not any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)
-    }
+    return {name: data for name, data in files.items() if not _is_clutter(name)}
 
 
-def _group_systems(files: dict[str, bytes], report: Report) -> dict[str, dict[str, str]]:
+def _in_task1(parts: tuple[str, ...]) -> bool:
+    """Under `task1/`, or under `ROOT/task1/` (a zip's one root folder, as `submit` writes it)."""
+    return "task1" in parts[:2]
+
+
+def _group_systems(files: dict[str, bytes | None], report: Report) -> dict[str, dict[str, str]]:
     """{folder: {'output': path, 'meta': path}} for every folder that holds system files."""
     systems: dict[str, dict[str, str]] = {}
     for name in files:
@@ -171,8 +358,10 @@ def _group_systems(files: dict[str, bytes], report: Report) -> dict[str, dict[st
             kind = "output"
         elif name.endswith(".meta.yaml"):
             kind = "meta"
-        elif p.suffix.lower() == ".pdf":
-            continue  # technical report
+        elif p.suffix.lower() == ".pdf":  # technical report
+            if not _in_task1(p.parent.parts):
+                report.add(name, None, "the technical report belongs in task1/ (outside task1/ nothing is read)")
+            continue
         else:
             report.add(name, None, "unexpected file in the package (only <label>.output.csv, <label>.meta.yaml "
                                    "and the technical report PDF belong there)")
@@ -218,7 +407,7 @@ def _check_layout(folder: str, entry: dict[str, str], report: Report) -> str | N
         if label is not None and stem != label:
             report.add(name, None, f"file name label '{stem}' differs from '{label}' in the same folder")
     parts = PurePosixPath(folder).parts
-    if label is not None and (len(parts) < 2 or parts[-1] != label or parts[-2] != "task1"):
+    if label is not None and (parts[-2:] != ("task1", label) or len(parts) > 3):  # [ROOT/]task1/<label>
         report.add(folder + "/", None, f"system files must be in task1/{label}/ (found in '{folder}/')")
     return label
 
@@ -243,8 +432,8 @@ def _line_index(text: str) -> dict[tuple, int]:
                 walk(item, path + (i,))
 
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        root = safe_yaml.compose(text, "meta.yaml", max_bytes=META_MAX_BYTES, max_nodes=META_MAX_VALUES)
+    except safe_yaml.BadYAML:
         return lines
     if root is not None:
         walk(root, ())
@@ -271,12 +460,10 @@ def check_meta(name: str, data: bytes, report: Report) -> dict | None:
     except UnicodeDecodeError:
         report.add(name, None, "not a UTF-8 text file")
         return None
-    try:
-        meta = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        report.add(name, mark.line + 1 if mark else None, f"malformed YAML: {problem}")
+    try:  # bounded: before, the checks below walked a 1 KB meta.yaml of nested aliases for 12 s and 1.1 GB
+        meta = safe_yaml.loads(text, name, max_bytes=META_MAX_BYTES, max_nodes=META_MAX_VALUES)
+    except safe_yaml.BadYAML as exc:
+        report.add(name, exc.line, exc.message)
         return None
     if not isinstance(meta, dict):
         report.add(name, 1, f"expected a mapping with 'submission', 'system' and 'results', got {type(meta).__name__}")
@@ -522,7 +709,7 @@ def validate_package(path: str | Path, expected: list[str] | None = None) -> Rep
     default = expected is None
     expected = evaluation_set_files() if default else list(expected)
     report = Report(str(path))
-    files = _read_package(path, report)
+    files = _read_package(path, len(expected), report)
     systems = _group_systems(files, report)
     if not systems:
         report.add(str(path), None, "no system found (expected task1/<label>/<label>.output.csv and <label>.meta.yaml)")

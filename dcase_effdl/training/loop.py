@@ -62,6 +62,22 @@ class History:
         return out
 
 
+@dataclass(frozen=True)
+class FineTune:
+    """What one call of `fit` changes from the recipe's train settings (a compression step's fine-tuning).
+
+    `loss_fn(logits, y, idx)` may look up per-sample data by `idx` (indices into bundle.x_train);
+    with mixup, y holds soft labels and the loss must say it takes them (`accepts_soft_targets`).
+    `hooks` have any of on_epoch_start(epoch, model), after_step(model), on_epoch_end(epoch, model).
+    """
+
+    epochs: int | None = None  # None: train.epochs
+    lr: float | None = None  # None: train.lr
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    hooks: tuple = ()
+    select_best: bool = True  # restore the best validation epoch (False: keep the last one)
+
+
 def seed_everything(seed: int) -> None:
     """Seed every generator the loop touches, so the same recipe and seed give the same numbers."""
     torch.manual_seed(seed)
@@ -110,29 +126,52 @@ def _validate(model, bundle: DataBundle) -> tuple[float, float]:
 # ---------------------------------------------------------------- augmentation
 
 
-def check_options(cfg: TrainConfig, bundle: DataBundle, loss_fn) -> None:
-    """Refuse option combinations that cannot work, before any training step (one line each)."""
-    channels, _, frames = bundle.input_shape
+def check_options(cfg: TrainConfig, input_shape: tuple[int, int, int]) -> None:
+    """Refuse options the features' shape (channels, mels, frames) cannot serve (one line each; ranges are
+    checked when the recipe loads)."""
+    channels, mels, frames = input_shape
     if cfg.channel_swap and channels % 2:
         raise UserError(
             f"train.channel_swap needs stereo features (an even channel count), but the features have {channels} "
             "channel(s); use a stereo feature definition or set channel_swap: false"
         )
-    if cfg.mixup_alpha < 0:
-        raise UserError(f"train.mixup_alpha must be >= 0, got {cfg.mixup_alpha}")
-    if cfg.mixup_alpha > 0 and loss_fn is not None and not getattr(loss_fn, "accepts_soft_targets", False):
-        raise UserError(
-            f"train.mixup_alpha = {cfg.mixup_alpha} needs a loss that takes soft (mixed) labels, but this training "
-            f"uses {getattr(loss_fn, '__name__', type(loss_fn).__name__)}, which takes class indices; set mixup_alpha: 0"
-        )
-    if not 0.0 <= cfg.label_smoothing < 1.0:
-        raise UserError(f"train.label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.time_crop and not 0 < cfg.time_crop <= frames:
         raise UserError(f"train.time_crop = {cfg.time_crop} frames, but the features have {frames} frames")
-    if cfg.time_roll < 0:
-        raise UserError(f"train.time_roll must be >= 0 frames, got {cfg.time_roll}")
-    if cfg.batch_size < 2:
-        raise UserError(f"train.batch_size must be >= 2 (batch norm needs two examples), got {cfg.batch_size}")
+    frames = cfg.time_crop or frames  # what the later augmentations see
+    for key, value, limit, unit in (("time_roll", cfg.time_roll, frames, "frames"),
+                                    ("spec_augment.time_mask", cfg.spec_augment and cfg.spec_augment.time_mask, frames, "frames"),
+                                    ("spec_augment.freq_mask", cfg.spec_augment and cfg.spec_augment.freq_mask, mels, "mel bands")):
+        if value and value > limit:
+            raise UserError(f"train.{key} = {value} is more than the {limit} {unit} of a training input")
+
+
+def check_loss(cfg: TrainConfig, loss_fn, where: str) -> None:
+    """Mixup makes soft labels: a custom loss must say it takes them (`loss_fn.accepts_soft_targets`)."""
+    if cfg.mixup_alpha > 0 and loss_fn is not None and not getattr(loss_fn, "accepts_soft_targets", False):
+        raise UserError(
+            f"{where}: train.mixup_alpha = {cfg.mixup_alpha} needs a loss that takes soft (mixed) labels, but this training "
+            f"uses {getattr(loss_fn, '__name__', type(loss_fn).__name__)}, which takes class indices; set mixup_alpha: 0"
+        )
+
+
+def check_crop(model: torch.nn.Module, cfg: TrainConfig, input_shape: tuple[int, int, int]) -> None:
+    """Training on crops and validating on whole clips needs a model that takes any length."""
+    c, f, t = input_shape
+    if not cfg.time_crop:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, c, f, cfg.time_crop, device=next(model.parameters()).device))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"train.time_crop = {cfg.time_crop} frames: this model cannot take {cfg.time_crop}-frame inputs "
+            f"(it was built for {t}; {first}); use a fully convolutional model or set time_crop: 0"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, n_classes: int, g: torch.Generator):
@@ -149,24 +188,6 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, n_classes:
     if cfg.mixup_alpha > 0:
         x, y, _ = augment.mixup(x, y, cfg.mixup_alpha, n_classes, g)
     return x, y
-
-
-def _check_crop(model: torch.nn.Module, bundle: DataBundle, frames: int, device: torch.device) -> None:
-    """Training on crops and validating on whole clips needs a model that takes any length."""
-    c, f, t = bundle.input_shape
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(2, c, f, frames, device=device))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"train.time_crop = {frames} frames: this model cannot take {frames}-frame inputs (it was built for {t}; "
-            f"{first}); use a fully convolutional model or set time_crop: 0"
-        ) from None
-    finally:
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -239,13 +260,9 @@ def fit(
     cfg: TrainConfig,
     *,
     seed: int,
-    epochs: int | None = None,
-    lr: float | None = None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    hooks: Iterable = (),
+    tune: FineTune = FineTune(),
     out_dir: str | Path | None = None,
     desc: str = "train",
-    select_best: bool = True,
     resume: bool = False,
     run_hash: str | None = None,
 ) -> History:
@@ -260,10 +277,10 @@ def fit(
     `history.json` are written there, and `resume=True` continues from `last.pt`; `run_hash`
     identifies the run (e.g. the recipe's hash), so another run's checkpoint is refused.
     """
-    epochs = cfg.epochs if epochs is None else epochs
-    lr = cfg.lr if lr is None else lr
-    hooks = list(hooks)
-    check_options(cfg, bundle, loss_fn)
+    epochs = cfg.epochs if tune.epochs is None else tune.epochs
+    lr = cfg.lr if tune.lr is None else tune.lr
+    hooks, loss_fn, select_best = list(tune.hooks), tune.loss_fn, tune.select_best
+    check_loss(cfg, loss_fn, desc)
     ctx = current()
     ddp = ctx.active
     if ddp and cfg.batch_size < ctx.world_size:
@@ -276,8 +293,6 @@ def fit(
     identity = run_identity(model, cfg, seed, epochs, lr, select_best, run_hash)
 
     model.to(device)
-    if cfg.time_crop:
-        _check_crop(model, bundle, cfg.time_crop, device)
     train_model = model
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
