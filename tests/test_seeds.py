@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 
 import pytest
 
 from dcase_effdl.errors import UserError
+from dcase_effdl.rundir import VariantDir, write_json
 from dcase_effdl.seeds import aggregate, check_seeds, format_spread, mean_std, seed_run_dir, spread_csv_path, write_spread_csv
 from fake_run import make_dataset, make_run
 
@@ -18,10 +18,9 @@ SEED_METRICS = {0: (80.0, 0.5, 79.0, 0.55), 1: (82.0, 0.6, 81.0, 0.65), 2: (84.0
 
 
 def _set_metrics(variant_dir, accuracy, log_loss):
-    path = variant_dir / "metrics.json"
-    metrics = json.loads(path.read_text())
-    metrics.update(accuracy=accuracy, log_loss=log_loss)
-    path.write_text(json.dumps(metrics))
+    """The fake run's metrics with chosen overall accuracy and log loss, through the run folder's own reader and writer."""
+    variant = VariantDir(variant_dir)
+    write_json(variant.metrics_path, {**variant.metrics(), "accuracy": accuracy, "log_loss": log_loss})
 
 
 @pytest.fixture
