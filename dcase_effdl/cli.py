@@ -1,9 +1,11 @@
 """Command line: `dcase-effdl COMMAND ...` (also `python -m dcase_effdl COMMAND ...`).
 
     dcase-effdl make-dataset data/quickstart --clips-per-class 100 --seed 0
+    dcase-effdl make-dataset data/quickstart-eval --evaluation-of data/quickstart
     dcase-effdl run recipes/quickstart.yaml [--data DIR] [--out RUNDIR] [--set train.epochs=2] [--seeds 0 1 2]
     dcase-effdl evaluate runs/quickstart --data DIR [--json]
     dcase-effdl size dcase2020_baseline|RUNDIR [--policy dcase2020] [--json]
+    dcase-effdl reproduce dcase2020_task1b [--format md|text|json]
     dcase-effdl download tau2020-3class-development --to data [--mirror URL]
     dcase-effdl check-data DIR [--json]
 
@@ -22,6 +24,12 @@ from dcase_effdl.errors import UserError
 
 
 def cmd_make_dataset(args) -> int:
+    if args.evaluation_of:
+        from dcase_effdl.data.evaluation_layout import make_evaluation_layout
+
+        key = make_evaluation_layout(args.evaluation_of, args.out, seed=args.seed)
+        print(f"wrote an unlabeled evaluation-layout copy of {args.evaluation_of}'s test fold ({len(key)} clips) to {args.out}")
+        return 0
     from dcase_effdl.data.synthetic import make_dataset
 
     out = make_dataset(Path(args.out), clips_per_class=args.clips_per_class, seed=args.seed,
@@ -35,9 +43,10 @@ def cmd_run(args) -> int:
     from dcase_effdl.seeds import run_seeds
 
     if args.seeds is not None:
-        run_seeds(args.recipe, args.seeds, data=args.data, out=args.out, overrides=args.set, resume=args.resume)
+        run_seeds(args.recipe, args.seeds, data=args.data, out=args.out, overrides=args.set, resume=args.resume,
+                  restart=args.restart)
         return 0
-    run(args.recipe, data=args.data, out=args.out, overrides=args.set, resume=args.resume)
+    run(args.recipe, data=args.data, out=args.out, overrides=args.set, resume=args.resume, restart=args.restart)
     return 0
 
 
@@ -129,10 +138,11 @@ def cmd_submit(args) -> int:
     from dcase_effdl.submission.package import build_package, load_submission_info
 
     info = load_submission_info(args.info) if args.info else None
-    pkg = build_package(args.variants, args.out, labels=args.label or None, info=info, dataset=args.dataset)
+    pkg = build_package(args.variants, args.out, labels=args.label or None, info=info, dataset=args.dataset,
+                        outputs=args.outputs)
     for w in pkg.report.warnings:
         print(f"warning: {w}")
-    print(f"wrote {', '.join(pkg.labels)} to {pkg.out_dir / 'task1'} and {pkg.zip_path} "
+    print(f"wrote {', '.join(pkg.labels)} ({pkg.outputs} outputs) to {pkg.out_dir / 'task1'} and {pkg.zip_path} "
           f"(validated against {pkg.expected})")
     return 0
 
@@ -146,6 +156,13 @@ def cmd_leaderboard(args) -> int:
         print(f"wrote {args.out}")
     else:
         print(text, end="")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from dcase_effdl.reporting.reproduce import format_reproduction, reproduce
+
+    print(format_reproduction(reproduce(args.name, args.recipes), args.format), end="")
     return 0
 
 
@@ -182,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
     p.add_argument("--sample-rate", type=int, default=48000, help="Hz")
+    p.add_argument("--evaluation-of", metavar="DATASET", help="instead: an unlabeled evaluation-layout copy of DATASET's "
+                   "test fold (audio/0.wav ..., fold1_test.csv), in an order shuffled with --seed")
     p.set_defaults(func=cmd_make_dataset)
 
     p = sub.add_parser("run", help="run a recipe end to end")
@@ -189,7 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root (replaces the recipe's dataset.root)")
     p.add_argument("--out", help="run folder (default: <out_dir>/<recipe name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted training from <run>/train/last.pt")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted training from <run>/train/last.pt")
+    again.add_argument("--restart", action="store_true", help="train an interrupted run again from epoch 1 "
+                       "(the old train/last.pt is kept as last.pt.bak)")
     p.add_argument("--seeds", type=int, nargs="+", metavar="N", help="run once per training seed into <run>-seed<N>/, "
                    "then print mean +- std per variant and write <run>-seeds.csv")
     p.set_defaults(func=cmd_run)
@@ -236,8 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], help="Lastname_INST_task1b_N, once per variant "
                    "(default: the label of the variant's output file, from the recipe)")
     p.add_argument("--info", help="submission info YAML (authors, description); see dcase_effdl/submission/submission_info.example.yaml")
-    p.add_argument("--dataset", help="check the outputs against this dataset's test split "
-                   "(default: the run's dataset, else the 8,640 evaluation files)")
+    p.add_argument("--dataset", help="check the outputs against this dataset's test split (default: the evaluation set "
+                   "`evaluate` used, else the run's dataset, else the 8,640 evaluation files)")
+    p.add_argument("--outputs", choices=["auto", "evaluation", "development"], default="auto",
+                   help="package <variant>/evaluation/ outputs (from evaluate) or the development test split's "
+                        "(default auto: evaluation where there)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("leaderboard", help="leaderboard table of runs, optionally beside the published rows")
@@ -248,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "csv", "html", "text"], default="md")
     p.add_argument("--out", help="write to this file instead of printing")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("reproduce", help="the published complexity columns rebuilt from shipped recipes, without training")
+    p.add_argument("name", choices=["dcase2020_task1b"])
+    p.add_argument("--recipes", help="folder of the recipes (default: the repository's recipes/)")
+    p.add_argument("--format", choices=["md", "text", "json"], default="md")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("plot", help="plots comparing runs: accuracy vs size, training curves, confusion matrices")
     p.add_argument("run_dirs", nargs="+", metavar="RUNDIR")

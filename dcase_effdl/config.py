@@ -2,11 +2,13 @@
 
 Recipes (`recipes/*.yaml`) and feature definitions (`features/*.yaml`) are plain data. Nothing in a
 file is ever executed (`yaml.safe_load`), and `--set a.b=value` overrides pass the same checks.
+Model families and compression methods bind their knobs' dataclasses to names in a `Registry`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import operator
 import re
@@ -162,10 +164,6 @@ def check_fields(obj: Any, rules: list[tuple[str, bool, str]]) -> None:
 SAFE_NAME = "letters, digits, '_' and '-', starting with a letter or digit (it names a folder or file)"
 
 
-def safe_name(value: str) -> bool:
-    return SAFE_NAME_RE.fullmatch(value) is not None
-
-
 def to_dict(obj: Any) -> Any:
     """Plain-data form of a config dataclass (for the resolved config written to a run folder)."""
     return dataclasses.asdict(obj)
@@ -197,6 +195,35 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = child
         node[keys[-1]] = value
     return data
+
+
+class Registry:
+    """Names bound to entries with a config dataclass (`name`, `config_cls`): model families and compression
+    methods, registered by modules imported on first use; `parse` checks an entry's knobs like a recipe."""
+
+    def __init__(self, what: str, modules: list[str], key_word: str = "key"):
+        self.what, self.modules, self.key_word = what, list(modules), key_word
+        self.entries: dict[str, Any] = {}
+
+    def add(self, entry: Any) -> Any:
+        self.entries[entry.name] = entry
+        return entry
+
+    def names(self) -> list[str]:
+        for module in self.modules:
+            importlib.import_module(module)
+        return sorted(self.entries)
+
+    def get(self, name: Any, where: str = "") -> Any:
+        if name not in self.names():
+            prefix = f"{where}: " if where else ""
+            raise UserError(f"{prefix}unknown {self.what} {name!r} (known: {', '.join(self.names())})")
+        return self.entries[name]
+
+    def parse(self, name: Any, knobs: dict, source: str, keypath: str = "", where: str | None = None) -> Any:
+        """Entry `name`'s config from `knobs`; `where` (default `source`) prefixes an unknown-name error."""
+        entry = self.get(name, source if where is None else where)
+        return from_dict(entry.config_cls, knobs, source, keypath, key_word=self.key_word)
 
 
 # ---------------------------------------------------------------- feature definition
@@ -335,20 +362,14 @@ class TrainConfig:
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 2, ">= 2 (batch norm needs two examples)"),
             ("lr", 0 < self.lr < math.inf, "a finite number > 0"),
-            ("weight_decay", 0 <= self.weight_decay < math.inf, ">= 0"),
             ("momentum", 0 <= self.momentum <= 1, "in [0, 1]"),
             ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "auto, cpu, cuda or cuda:N"),
-            ("num_workers", self.num_workers >= 0, ">= 0 (0 = all cores)"),
-            ("threads", self.threads >= 0, ">= 0 (0 = torch's default)"),
-            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+            *[(k, getattr(self, k) >= 0, ">= 0") for k in ("weight_decay", "num_workers", "threads", "warmup_epochs",
+                                                         "decay_start_epoch", "mixup_alpha", "time_roll", "time_crop")],
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
             ("restart_epochs", self.restart_epochs > 0, "> 0"),
             ("restart_mult", self.restart_mult >= 1, ">= 1 (periods never shrink)"),
-            ("decay_start_epoch", self.decay_start_epoch >= 0, ">= 0"),
             ("decay_epochs", self.decay_epochs is None or self.decay_epochs > 0, "> 0 or null"),
-            ("mixup_alpha", self.mixup_alpha >= 0, ">= 0"),
-            ("time_roll", self.time_roll >= 0, ">= 0 frames"),
-            ("time_crop", self.time_crop >= 0, ">= 0 frames"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("swa.start_epoch", self.swa is None or self.swa.start_epoch <= self.epochs, f"<= train.epochs ({self.epochs})"),
         ])
@@ -363,7 +384,7 @@ class VariantConfig:
     label: Union[str, None] = None  # submission label; default from `submission`
 
     def __post_init__(self):
-        check_fields(self, [("name", safe_name(self.name), SAFE_NAME),
+        check_fields(self, [("name", SAFE_NAME_RE.fullmatch(self.name) is not None, SAFE_NAME),
                             ("label", self.label is None or LABEL_RE.fullmatch(self.label) is not None, LABEL_FORMAT)])
 
 
@@ -374,7 +395,7 @@ class SubmissionConfig:
     task: str = "task1b"
 
     def __post_init__(self):
-        check_fields(self, [(k, safe_name(getattr(self, k)), SAFE_NAME) for k in ("lastname", "institute", "task")])
+        check_fields(self, [(k, SAFE_NAME_RE.fullmatch(getattr(self, k)) is not None, SAFE_NAME) for k in ("lastname", "institute", "task")])
 
 
 @dataclass
@@ -394,7 +415,7 @@ class Recipe:
     out_dir: str = "runs"  # run folders are out_dir/<name> unless --out is given
 
     def __post_init__(self):
-        check_fields(self, [("name", safe_name(self.name), SAFE_NAME), ("seed", self.seed >= 0, ">= 0")])
+        check_fields(self, [("name", SAFE_NAME_RE.fullmatch(self.name) is not None, SAFE_NAME), ("seed", self.seed >= 0, ">= 0")])
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise FieldError("variants", f"names must be unique, got {names}")

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from dcase_effdl.config import FeatureConfig, Recipe, load_recipe
 from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
+from dcase_effdl.files import atomic_write
 from dcase_effdl.models import ModelSpec
 from dcase_effdl.rundir import RunDir, VariantDir, config_hash
 from dcase_effdl.task import CLASSES
@@ -130,18 +131,11 @@ def prepare_data(recipe: Recipe, feat: FeatureConfig, data: str | None) -> DataB
 
 
 @dataclass(frozen=True)
-class VariantPlan:
-    name: str
-    label: str
-    steps: list  # the variant's compression steps as typed configs (compress.StepConfig)
-
-
-@dataclass(frozen=True)
 class Plan:
     """A recipe resolved into typed configs and checked, before any data or run folder is touched."""
 
     spec: ModelSpec
-    variants: list[VariantPlan]
+    steps: list[list]  # per variant (the recipe's order): its compression steps, compress.StepConfig each
 
 
 def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
@@ -151,26 +145,19 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
     from dcase_effdl.compress import parse_steps
     from dcase_effdl.compress.apply import dry_run
     from dcase_effdl.compress.size import get_policy
+    from dcase_effdl.data.digits import INPUT_SHAPE, N_CLASSES
+    from dcase_effdl.features.logmel import feature_shape
     from dcase_effdl.models import model_params
-    from dcase_effdl.training.loop import check_crop, check_options
+    from dcase_effdl.training.options import check_crop, check_options
 
-    if recipe.dataset.kind == "digits":
-        from dcase_effdl.data.digits import INPUT_SHAPE, N_CLASSES
-
-        n_classes, shape = N_CLASSES, INPUT_SHAPE
-    else:
-        from dcase_effdl.features.logmel import feature_shape
-
-        n_classes, shape = len(CLASSES), feature_shape(feat)
+    n_classes, shape = (N_CLASSES, INPUT_SHAPE) if recipe.dataset.kind == "digits" else (len(CLASSES), feature_shape(feat))
     params = model_params(recipe.model.name, recipe.model.params, source, "model.params")
     spec = ModelSpec(recipe.model.name, params, n_classes, *shape)
     try:
         get_policy(recipe.size_policy)
         model = spec.build().eval()
         with torch.no_grad():
-            out = model(torch.zeros(2, *shape))
-        if tuple(out.shape) != (2, n_classes):
-            raise UserError(f"model '{spec.family}' gives outputs {tuple(out.shape[1:])}, not {n_classes} logits")
+            model(torch.zeros(2, *shape))
         check_options(recipe.train, shape)
         check_crop(model, recipe.train, shape)
     except UserError as exc:
@@ -178,23 +165,21 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
     except RuntimeError as exc:
         raise UserError(f"{source}: model '{spec.family}' cannot take inputs of shape {shape} "
                         f"({str(exc).strip().splitlines()[0]})") from None
-    variants = []
-    for i, vc in enumerate(recipe.variants):
-        steps = parse_steps(vc.compress, f"{source}: variants[{i}].compress")
+    plan = Plan(spec, [parse_steps(vc.compress, f"{source}: variants[{i}].compress") for i, vc in enumerate(recipe.variants)])
+    for steps in plan.steps:
         dry_run(model, steps, spec, recipe.size_policy, recipe.train)
-        variants.append(VariantPlan(vc.name, recipe.variant_label(i), steps))
-    return Plan(spec, variants)
+    return plan
 
 
 # ---------------------------------------------------------------- stage 3: training
 
 
 def train_parent(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: Path, resume: bool = False,
-                 run_hash: str | None = None) -> torch.nn.Module:
+                 run_hash: str | None = None, restart: bool = False) -> torch.nn.Module:
     """Train the float32 parent, or load it when this run folder already finished training.
 
-    `resume` continues from train/last.pt (written every epoch); under torchrun every rank trains
-    and rank 0 alone writes.
+    `resume` continues from train/last.pt (written every epoch), `restart` starts over and keeps the
+    old one as last.pt.bak; under torchrun every rank trains and rank 0 alone writes.
     """
     from dcase_effdl.training.distributed import current
     from dcase_effdl.training.loop import fit, seed_everything
@@ -210,8 +195,12 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: P
         except Exception as exc:  # safetensors raises several types for a damaged file
             raise UserError(f"{best}: cannot be read ({exc}); delete it to retrain") from None
         return model.eval()
-    bn = (torch.nn.modules.batchnorm._BatchNorm,)
-    n_bn = sum(p.numel() for m in model.modules() if isinstance(m, bn) for p in m.parameters(recurse=False))
+    last = train_dir / "last.pt"
+    if restart and last.is_file() and current().is_main:
+        os.replace(last, last.with_name("last.pt.bak"))
+        log(f"[train] starting over; the unfinished training's checkpoint is kept as {last}.bak")
+    n_bn = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               for p in m.parameters(recurse=False))
     n_params = sum(p.numel() for p in model.parameters()) - n_bn
     log(f"[train] {spec.family}: {n_params:,} parameters (+ {n_bn:,} batch norm), {recipe.train.epochs} epochs, "
         f"{len(bundle.x_train)} train / {len(bundle.x_val)} validation clips")
@@ -220,9 +209,7 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: P
     log(f"[train] best epoch {history.best_epoch}: validation macro accuracy {row.get('val_accuracy', float('nan')):.1f} %")
     if not current().is_main:
         return model.eval()
-    tmp = best.with_name("best.tmp.safetensors")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, best)
+    atomic_write(best, save({k: v.contiguous() for k, v in model.state_dict().items()}))
     return model.eval()
 
 
@@ -265,15 +252,15 @@ def make_variants(recipe: Recipe, plan: Plan, parent: torch.nn.Module, bundle: D
     from dcase_effdl.compress import apply_steps
 
     results = []
-    for vp in plan.variants:
-        variant_dir = run_dir / vp.name
+    for i, (vc, steps) in enumerate(zip(recipe.variants, plan.steps)):
+        variant_dir = run_dir / vc.name
         variant_dir.mkdir(exist_ok=True)
-        log(f"[{vp.name}] compress: {' -> '.join(s.method for s in vp.steps) or 'none'}")
-        variant = apply_steps(parent, vp.steps, make_context(recipe, bundle, spec, run_dir, vp.name))
+        log(f"[{vc.name}] compress: {' -> '.join(s.method for s in steps) or 'none'}")
+        variant = apply_steps(parent, steps, make_context(recipe, bundle, spec, run_dir, vc.name))
         variant.save(variant_dir / "model.safetensors")
-        results.append(write_variant_outputs(variant_dir, vp.label, variant, bundle, recipe))
+        results.append(write_variant_outputs(variant_dir, recipe.variant_label(i), variant, bundle, recipe))
         m, s = results[-1].metrics, results[-1].size
-        log(f"[{vp.name}] macro accuracy {m['accuracy']:.1f} %, log loss {m['log_loss']:.3f}, "
+        log(f"[{vc.name}] macro accuracy {m['accuracy']:.1f} %, log loss {m['log_loss']:.3f}, "
             f"{s['size_kb']:.2f} KB")
     return results
 
@@ -301,8 +288,9 @@ def write_pictures(run_dir: Path) -> None:
 
 
 def run(recipe_path: str | Path, data: str | None = None, out: str | None = None, overrides: list[str] = (),
-        resume: bool = False) -> Path:
-    """Run a recipe end to end and return its run folder (`resume`: continue train/last.pt).
+        resume: bool = False, restart: bool = False) -> Path:
+    """Run a recipe end to end and return its run folder (`resume`: continue train/last.pt; `restart`:
+    train again from epoch 1, keeping the old checkpoint as last.pt.bak).
 
     Under `torchrun --nproc_per_node N -m dcase_effdl run RECIPE` the N processes train the parent
     together (DistributedDataParallel); rank 0 alone prepares features first, writes files and
@@ -316,6 +304,10 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
         torch.set_num_threads(recipe.train.threads)
     run_dir = Path(out) if out else Path(recipe.out_dir) / recipe.name
     data_root = data if data is not None else recipe.dataset.root
+    last = run_dir / "train" / "last.pt"
+    if last.is_file() and not (run_dir / "train" / "best.safetensors").is_file() and not (resume or restart):
+        raise UserError(f"{last}: this run folder holds an unfinished training; continue it with --resume, or start "
+                        "over with --restart (which keeps it as last.pt.bak)")
 
     ctx = distributed.setup(recipe.train.device)
     digest = config_hash(recipe, feat, data_root)
@@ -331,7 +323,7 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
         # The data's class count and shape rule (a TAU-layout dataset may have other classes than the task's).
         spec = replace(plan.spec, n_classes=bundle.n_classes, in_channels=bundle.input_shape[0],
                        n_mels=bundle.input_shape[1], n_frames=bundle.input_shape[2])
-        parent = train_parent(recipe, bundle, spec, run_dir, resume=resume, run_hash=digest)
+        parent = train_parent(recipe, bundle, spec, run_dir, resume=resume, run_hash=digest, restart=restart)
         distributed.teardown()
         if not ctx.is_main:
             return run_dir

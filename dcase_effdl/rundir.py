@@ -8,6 +8,7 @@
     train/               best.safetensors, last.pt, history.json (the last two written by training.loop)
     work/                scratch of compression steps (teacher logits)
     <variant>/           model.safetensors, size.json, <label>.output.csv, <label>.meta.yaml, metrics.json
+    <variant>/evaluation/  <label>.output.csv on an unlabeled evaluation set, evaluation.json (written last)
     .lock                while a run writes the folder: its pid, host and start time
 
 A variant is finished when its metrics.json exists (written last). Every write is atomic
@@ -77,7 +78,8 @@ def git_commit() -> str | None:
         return None
 
 
-def environment() -> dict:
+def current_environment() -> dict:
+    """Versions, git commit and thread count of this process (what environment.json records)."""
     import numpy as np
     import torch
 
@@ -178,7 +180,7 @@ class RunDir:
             config["dataset"]["root"] = str(Path(data_root).resolve())
         atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False))
         atomic_write(self.features_path, yaml.safe_dump(to_dict(feat), sort_keys=False))
-        write_json(self.path / "environment.json", environment())
+        write_json(self.path / "environment.json", current_environment())
         atomic_write(marker, digest + "\n")
 
     def write_normalization(self, stats: dict) -> None:
@@ -202,12 +204,9 @@ class RunDir:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    text = os.pread(fd, 4096, 0)
-                    for _ in range(20):  # the holder writes its pid right after taking the lock
-                        if text:
-                            break
+                    deadline = time.monotonic() + 1  # the holder writes its pid right after taking the lock
+                    while not (text := os.pread(fd, 4096, 0)) and time.monotonic() < deadline:
                         time.sleep(0.05)
-                        text = os.pread(fd, 4096, 0)
                     os.close(fd)
                     raise UserError(f"{self.path}: in use by {_holder(text)}; wait for it to finish or choose "
                                     "another --out") from None
@@ -263,11 +262,12 @@ class VariantDir:
     @property
     def output(self) -> Path | None:
         """The variant's `<label>.output.csv` (None when it has none); several are an error."""
-        found = sorted(self.path.glob("*" + OUTPUT_SUFFIX))
-        if len(found) > 1:
-            raise UserError(f"{self.path}: several outputs ({', '.join(p.name for p in found)}); keep the one "
-                            "of the current label")
-        return found[0] if found else None
+        return _one_output(self.path)
+
+    @property
+    def evaluation(self) -> EvaluationDir:
+        """Its outputs on an unlabeled evaluation set (`dcase-effdl evaluate`)."""
+        return EvaluationDir(self.path / "evaluation")
 
     @property
     def label(self) -> str | None:
@@ -287,3 +287,62 @@ class VariantDir:
             if old.name not in (f"{label}{OUTPUT_SUFFIX}", f"{label}{META_SUFFIX}"):
                 old.unlink()
         write_json(self.metrics_path, metrics)
+
+
+def _one_output(folder: Path) -> Path | None:
+    """The one `<label>.output.csv` in `folder` (None when there is none); several are an error."""
+    found = sorted(folder.glob("*" + OUTPUT_SUFFIX))
+    if len(found) > 1:
+        raise UserError(f"{folder}: several outputs ({', '.join(p.name for p in found)}); keep the one "
+                        "of the current label")
+    return found[0] if found else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class EvaluationDir:
+    """A variant's outputs on an unlabeled evaluation set: `<label>.output.csv` and `evaluation.json`.
+
+    evaluation.json (written last; without it the folder is unfinished): `data` (the evaluation set's
+    folder, absolute), `n_clips`, `label` and `model_sha256` (of the model file that made the outputs,
+    so that a variant trained again is not submitted with its old outputs).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.info_path = self.path / "evaluation.json"
+
+    @property
+    def finished(self) -> bool:
+        return self.info_path.is_file()
+
+    @property
+    def output(self) -> Path | None:
+        return _one_output(self.path) if self.path.is_dir() else None
+
+    def info(self) -> dict:
+        info = read_json(self.info_path)
+        for key in ("data", "n_clips", "label", "model_sha256"):
+            if key not in info:
+                raise UserError(f"{self.info_path}: missing key '{key}'")
+        return info
+
+    def write(self, label: str, filenames: list[str], probs, classes: list[str], data_root: str | Path,
+              model_path: Path) -> Path:
+        """`<label>.output.csv` (an older label's goes), then evaluation.json; returns the output's path."""
+        from dcase_effdl.submission.files import write_output_csv
+
+        self.info_path.unlink(missing_ok=True)
+        output = write_output_csv(self.path / f"{label}{OUTPUT_SUFFIX}", filenames, probs, classes)
+        for old in self.path.glob("*" + OUTPUT_SUFFIX):
+            if old != output:
+                old.unlink()
+        write_json(self.info_path, {"data": str(Path(data_root).resolve()), "n_clips": len(filenames), "label": label,
+                                    "model_sha256": file_sha256(model_path)})
+        return output

@@ -152,7 +152,7 @@ def format_spread(rows: list[dict]) -> str:
 
 
 def run_seeds(recipe_path: str | Path, seeds: Sequence[int], data: str | None = None, out: str | None = None,
-              overrides: Sequence[str] = (), resume: bool = False) -> Path:
+              overrides: Sequence[str] = (), resume: bool = False, restart: bool = False) -> Path:
     """Run the recipe once per seed (pipeline.run), then write and print the spread; returns the CSV path."""
     from dcase_effdl.config import load_recipe
     from dcase_effdl.pipeline import log, run
@@ -164,7 +164,7 @@ def run_seeds(recipe_path: str | Path, seeds: Sequence[int], data: str | None = 
     for i, seed in enumerate(seeds):
         log(f"[seeds] seed {seed} ({i + 1} of {len(seeds)}) -> {seed_run_dir(base, seed)}")
         run_dirs[seed] = run(recipe_path, data=data, out=str(seed_run_dir(base, seed)),
-                             overrides=[*overrides, f"seed={seed}"], resume=resume)
+                             overrides=[*overrides, f"seed={seed}"], resume=resume, restart=restart)
     path = spread_csv_path(base)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 alone writes (see training/distributed.py)
         return path

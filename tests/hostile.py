@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import resource
+import json
 import struct
 import subprocess
+import sys
 import tempfile
-import threading
-import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -22,36 +21,41 @@ class Measured:
     peak_rss_mb: float  # MB = 2**20 bytes
 
 
+# Runs the command and writes its cost to a file. A child's ru_maxrss includes the memory of the
+# process it was forked from (Linux folds the old address space's peak in at exec): forked from a
+# pytest process that has imported torch, a 20 MB command reads as 227 MB. Forked from this small
+# launcher instead, it reads as itself plus ~10 MB.
+_LAUNCHER = """
+import json, os, resource, subprocess, sys, threading, time
+result, timeout_s, cap = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))  # inherited by the command
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[4:])
+killer = threading.Timer(timeout_s, proc.kill)
+killer.start()
+_, status, usage = os.wait4(proc.pid, 0)
+killer.cancel()
+proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+with open(result, "w") as fh:
+    json.dump([proc.returncode, time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss], fh)
+"""
+
+
 def run_measured(args: list[str], timeout_s: float = 60.0, memory_cap_mb: int = 2048) -> Measured:
-    """`args` run to the end (killed after `timeout_s`); its own peak RSS from os.wait4.
+    """`args` run to the end (killed after `timeout_s`), with their own wall time, CPU time and peak RSS.
 
-    The child's address space is capped at `memory_cap_mb` so that a reader which does fall for a
-    bomb fails the test instead of taking the machine's memory.
-
-    os.wait4 gives the rusage of exactly this child, where resource.getrusage(RUSAGE_CHILDREN)
-    would report the largest child this test process ever waited for (a training run earlier in
-    the session, say).
+    The rusage comes from os.wait4 on exactly that process (resource.getrusage(RUSAGE_CHILDREN)
+    would report the largest child ever waited for, a training run earlier in the session, say).
+    Its address space is capped at `memory_cap_mb` so that a reader which does fall for a bomb
+    fails the test instead of taking the machine's memory.
     """
-    with tempfile.TemporaryFile() as out:
-        start = time.perf_counter()
-        cap = memory_cap_mb * 2**20
-
-        def limit_memory():
-            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit_memory)
-        killer = threading.Timer(timeout_s, proc.kill)
-        killer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            killer.cancel()
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen not to wait again
-        out.seek(0)
-        text = out.read().decode("utf-8", "replace")
-    return Measured(proc.returncode, text, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
-
+    with tempfile.TemporaryDirectory() as tmp:
+        result, log = Path(tmp) / "result.json", Path(tmp) / "output.txt"
+        with open(log, "wb") as out:
+            subprocess.run([sys.executable, "-c", _LAUNCHER, str(result), str(timeout_s), str(memory_cap_mb * 2**20), *args],
+                           stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s + 30, check=True)
+        rc, wall, cpu, maxrss_kb = json.loads(result.read_text())
+        return Measured(rc, log.read_text(encoding="utf-8", errors="replace"), wall, cpu, maxrss_kb / 1024)
 
 
 def alias_bomb(depth: int = 9, width: int = 9) -> str:

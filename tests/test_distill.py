@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from dcase_effdl.compress import CompressContext, apply_steps, parse_steps
-from dcase_effdl.compress.distill import kd_loss, logits_of, soft_targets, teacher_logits
+from dcase_effdl.compress.distill import kd_loss, soft_targets, teacher_logits
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
 from dcase_effdl.data.digits import load_digits_bundle
 from dcase_effdl.models import ModelSpec, build_model
-from dcase_effdl.training.loop import FineTune, fit
+from dcase_effdl.training.loop import FineTune, fit, predict_logits
 
 DIGITS = ModelSpec.from_dict({"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8})
 SMALL = {"channels": [8, 16, 16], "hidden": 32}
@@ -97,7 +97,7 @@ def test_student_learns_from_run_folder_ensemble_without_labels(tmp_path, digits
     assert len(logits) == 2 and logits[0].shape == (len(digits.x_train), 10) and not torch.equal(logits[0], logits[1])
     variant = apply_steps(_build(SMALL), cfg, ctx)  # alpha = 1: the labels are never used
     with torch.no_grad():
-        acc = float((logits_of(variant.module, digits.x_test).argmax(1) == digits.y_test).float().mean()) * 100
+        acc = float((predict_logits(variant.module, digits.x_test).argmax(1) == digits.y_test).float().mean()) * 100
     assert acc > 85.0, acc
     assert variant.complexity_management == "knowledge distillation"
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dcase_effdl.errors import UserError
-from dcase_effdl.reporting.leaderboard import COLUMNS, format_table, row_from_variant, rows_from_run, write_leaderboard_csv
+from dcase_effdl.reporting.leaderboard import COLUMNS, format_table, rank_rows, row_from_variant, rows_from_run, write_leaderboard_csv
 
 LIMIT = 512_000  # 500 KB
 
@@ -49,7 +49,7 @@ def test_row_from_variant(run):
     assert row["run"] == "baseline_run" and row["variant"] == "pruned_fp16"
     assert row["accuracy"] == 91.66 and row["log_loss"] == 0.2345
     assert row["n_params"] == 345_000 and row["n_nonzero"] == 247_562
-    assert row["sparsity"] == pytest.approx(100 * 97_438 / 345_000)  # 28.24 %
+    assert row["sparsity"] == pytest.approx(97_438 / 345_000)  # a fraction (0.2824), as the official table prints it
     assert row["size_kb"] == pytest.approx(483.52, abs=0.005)
     assert row["complexity_management"] == "pruning + float16"
     assert row["over_limit"] is False and row["limit_bytes"] == LIMIT and row["policy"] == "dcase2020"
@@ -63,6 +63,13 @@ def test_rows_are_ranked_by_accuracy(run):
     assert [r["rank"] for r in rows] == [1, 2, 3]
 
 
+def test_equal_accuracies_share_a_rank_as_in_the_official_table():
+    rows = [{"label": label, "accuracy": acc, "size_kb": 1.0} for label, acc in
+            [("B_X_task1b_1", 95.8), ("A_X_task1b_1", 95.8), ("C_X_task1b_1", 96.5), ("D_X_task1b_1", None), ("E_X_task1b_1", 95.7)]]
+    ranked = rank_rows(rows)
+    assert [(r["label"][0], r["rank"]) for r in ranked] == [("C", 1), ("A", 2), ("B", 2), ("E", 3), ("D", None)]
+
+
 def test_csv(run, tmp_path):
     path = write_leaderboard_csv(run / "leaderboard.csv", rows_from_run(run))
     with open(path, newline="") as f:
@@ -74,7 +81,7 @@ def test_csv(run, tmp_path):
     assert baseline["Submission label"] == "Lastname_INST_task1b_1"
     assert baseline["Accuracy (%)"] == "87.30" and baseline["Logloss"] == "0.4370"
     assert baseline["Parameters"] == "115219" and baseline["Size (KB)"] == "450.07"
-    assert baseline["Sparsity (%)"] == "0.00" and baseline["Over limit"] == "False"
+    assert baseline["Sparsity"] == "0.0000" and baseline["Over limit"] == "False"
     assert rows[0]["Submission label"] == "" and rows[0]["Over limit"] == "True"
     with pytest.raises(UserError, match="without rows"):
         write_leaderboard_csv(tmp_path / "empty.csv", [])
@@ -88,7 +95,7 @@ def test_format_table(run):
     first, second, third = lines[2:5]
     assert first.split()[:2] == ["1", "-"]  # no label
     assert "800,000" not in first and "200,000" in first and "781.25 *" in first
-    assert "Lastname_INST_task1b_2" in second and "91.7" in second and "0.234" in second and "28.2" in second
+    assert "Lastname_INST_task1b_2" in second and "91.7" in second and "0.234" in second and "0.282" in second
     assert "247,562" in second and "483.52" in second and "pruning + float16" in second
     assert "Lastname_INST_task1b_1" in third and "87.3" in third and "0.437" in third and "115,219" in third
     assert "450.07" in third and "*" not in third

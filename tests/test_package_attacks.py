@@ -235,9 +235,21 @@ def test_submit_refuses_hostile_labels_and_oversized_outputs_and_writes_nothing(
     with open(output, "ab") as fh:
         fh.write(b"\n" * validate.output_max_bytes(8640))
     before = _tree(tmp_path)
-    with pytest.raises(UserError, match=r"\.output\.csv: [\d,]+ bytes, over the limit of 2,212,096 for output.csv files; refused$"):
+    with pytest.raises(UserError, match=r"\.output\.csv: [\d,]+ bytes, over the limit of 2,212,096 for output.csv files; refused$") as exc:
         build_package([run_dir / "float32"], out)
+    assert str(exc.value).startswith(f"{output}: ")  # the run's own file, not a staging copy
     assert _tree(tmp_path) == before and not out.exists()
+
+
+def test_a_refused_submit_leaves_no_folder_behind(tmp_path):
+    ds = tmp_path / "data"
+    make_dataset(ds)
+    run_dir = make_run(tmp_path / "runs" / "r", ds)
+    (ds / "evaluation_setup" / "fold1_test.csv").write_text("filename\naudio/other.wav\n")  # outputs no longer match
+    before = _tree(tmp_path)
+    with pytest.raises(UserError, match="package not written, the validator rejects it"):
+        build_package([run_dir / "float32"], tmp_path / "new" / "deeper" / "submission")
+    assert _tree(tmp_path) == before and not (tmp_path / "new").exists()
 
 
 def test_the_byte_count_holds_even_where_the_zip_reader_would_not_stop(valid_members, zeros, tmp_path, monkeypatch):

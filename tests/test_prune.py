@@ -20,6 +20,8 @@ from dcase_effdl.config import TrainConfig
 from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
 from dcase_effdl.models import ModelSpec
+from dcase_effdl.training.best_epoch import BestEpoch
+from dcase_effdl.training.loop import validate
 
 DIGITS_SPEC = ModelSpec.from_dict({"name": "digits_cnn", "params": {}, "n_classes": 10, "in_channels": 1, "n_mels": 8, "n_frames": 8})
 
@@ -121,7 +123,8 @@ def test_gradual_pruning_ramps_during_fine_tuning_and_ends_on_target(tmp_path):
     steps = parse_steps([{"method": "prune", "amount": 0.8, "epochs": 4, "ramp_fraction": 0.5}], "t.yaml: variants[0].compress")
     calls = []
     variant = apply_steps(_model(), steps, _ctx(bundle, tmp_path, calls=calls))
-    assert [c.select_best for c in calls] == [False]  # an epoch before the ramp's end is not at the target
+    # An epoch before the ramp's end is not at the target, so fit may not keep it.
+    assert len(calls) == 1 and [calls[0].eligible(e) for e in (1, 2, 3, 4)] == [False, True, True, True]
     rows = variant.step_meta[0]["ramp"]
     assert [r["sparsity"] for r in rows] == pytest.approx([0.4, 0.8, 0.8, 0.8], abs=1e-4)
     # Only epochs at the full target are scored on validation data (and one of them is kept).
@@ -216,16 +219,17 @@ def test_n_nonzero_target_exact_after_fine_tuning_moves_zero_biases(tmp_path):
 def test_best_full_sparsity_epoch_is_restored():
     bundle = _toy_bundle()
     model = _model()
-    hook = GradualPruning([], 20_000, epochs=4, ramp_fraction=0.5, x_val=bundle.x_val, y_val=bundle.y_val)
-    states = {}
+    hook = GradualPruning([], 20_000, epochs=4, ramp_fraction=0.5)
+    best = BestEpoch(hook.eligible)  # what fit does with FineTune(eligible=hook.eligible)
+    states, scores = {}, {}
     for epoch in (1, 2, 3, 4):
         hook.on_epoch_start(epoch, model)
         with torch.no_grad():
             model.classifier[4].bias.copy_(torch.arange(10.0) * (1 if epoch != 3 else 0))  # epoch 3 differs
-        hook.on_epoch_end(epoch, model)
+        scores[epoch] = validate(model, bundle)
+        best.update(epoch, *scores[epoch], model)
         states[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
-    scores = {r["epoch"]: r.get("val_accuracy") for r in hook.history}
-    assert scores[1] is None and None not in (scores[2], scores[3], scores[4])
-    best = max((2, 3, 4), key=lambda e: (scores[e], -e))
-    assert hook.restore_best(model) == best
-    assert all(torch.equal(v, states[best][k]) for k, v in model.state_dict().items())
+    assert [hook.eligible(e) for e in (1, 2, 3, 4)] == [False, True, True, True]  # epoch 1 is not at the target
+    expected = max((2, 3, 4), key=lambda e: (scores[e][0], -scores[e][1], -e))
+    assert best.restore(model) == expected
+    assert all(torch.equal(v, states[expected][k]) for k, v in model.state_dict().items())

@@ -20,10 +20,11 @@ RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if p.stem not
 
 
 def one_epoch(node):
-    """Every `*epochs` count in a recipe (training, compression steps, teachers) cut to at most 1."""
+    """Every `*epochs` count and `*epoch` start in a recipe (training, SWA, schedules, compression steps,
+    teachers) cut to at most 1."""
     if isinstance(node, dict):
         return {
-            k: (min(v, 1) if k.endswith("epochs") and isinstance(v, (int, float)) and not isinstance(v, bool) else one_epoch(v))
+            k: (min(v, 1) if k.endswith(("epochs", "epoch")) and isinstance(v, (int, float)) and not isinstance(v, bool) else one_epoch(v))
             for k, v in node.items()
         }
     if isinstance(node, list):

@@ -14,7 +14,8 @@ import torch
 
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
-from dcase_effdl.training.loop import FineTune, check_crop, check_options, fit, predict
+from dcase_effdl.training.loop import FineTune, fit, predict
+from dcase_effdl.training.options import check_crop, check_options
 from train_helpers import SHAPE, all_techniques, tiny_bundle, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -89,8 +89,16 @@ def test_good_package_passes_folder_and_zip(small, tmp_path):
     assert report.ok, format_report(report)
     assert report.systems == [LABEL]
     assert any("technical report" in str(w) for w in report.warnings)
-    archive = shutil.make_archive(str(tmp_path / "Doe_UNI_task1b"), "zip", pkg)
+    archive = shutil.make_archive(str(tmp_path / "Doe_UNI_task1b"), "zip", pkg.parent, pkg.name)  # pkg/task1/...
     assert validate_package(archive, names).ok
+    # Without the top folder (task1/<label>/... at the zip's root) the official checker crashes (main.py:161).
+    bare = shutil.make_archive(str(tmp_path / "bare"), "zip", pkg)
+    report = validate_package(bare, names)
+    assert not report.ok and report.systems == [LABEL]
+    assert sorted(p.message for p in report.problems) == [
+        f"'task1/{LABEL}/{LABEL}.{kind}': a zip's files must lie under one top folder (ROOT/task1/<label>/...): the "
+        "official 2020 checker reads the label from the third folder and crashes without it"
+        for kind in ("meta.yaml", "output.csv")]
 
 
 def test_full_evaluation_set_default(tmp_path):

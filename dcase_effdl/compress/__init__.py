@@ -1,7 +1,7 @@
 """Compression as a list of steps: `parse_steps` at recipe load, `apply_steps` -> `Variant`, `load_variant`.
 
     steps = parse_steps([{"method": "int8"}], "recipes/int8.yaml: variants[1].compress")
-    variant = apply_steps(model, steps, CompressContext(bundle=bundle, model_spec=spec))
+    variant = apply_steps(model, steps, CompressContext(bundle=bundle, train=recipe.train, model_spec=spec, size_policy="dcase2020"))
     variant.save("runs/x/int8/model.safetensors")
     same = load_variant("runs/x/int8/model.safetensors")   # same predictions
 
@@ -18,7 +18,7 @@ from dcase_effdl.compress.registry import (
     register_method,
 )
 from dcase_effdl.compress.storage import StoredTensor, precisions, require_not, stored_tensors
-from dcase_effdl.compress.variant import Variant, load_variant, save_module
+from dcase_effdl.compress.variant import Variant, load_variant
 
 __all__ = [
     "CompressContext",
@@ -34,6 +34,5 @@ __all__ = [
     "precisions",
     "register_method",
     "require_not",
-    "save_module",
     "stored_tensors",
 ]

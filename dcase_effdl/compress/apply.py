@@ -17,14 +17,16 @@ from dcase_effdl.config import TrainConfig
 from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
 from dcase_effdl.models import ModelSpec
-from dcase_effdl.training.loop import FineTune, History, check_loss, fit
+from dcase_effdl.training.loop import FineTune, History, fit
+from dcase_effdl.training.options import check_loss
 
 
 @dataclass(kw_only=True)
 class CompressContext:
     """What a step may use: data for calibration, fine-tuning with the recipe's train settings, a seed,
     a log and a work folder. `model_spec` rebuilds the float architecture; `size_policy` rules the
-    per-step size log and `Variant.history`; `name` labels the fine-tuning progress bar."""
+    per-step size log and `Variant.history`; `name` labels the fine-tuning progress bar. A `dry_run`
+    context checks fine-tuning settings but trains nothing."""
 
     size_policy: str
     bundle: DataBundle | None = None
@@ -35,6 +37,7 @@ class CompressContext:
     work_dir: Path | None = None
     parent_dir: Path | None = None
     name: str = "variant"
+    dry_run: bool = False
 
     def need_data(self, where: str, what: str) -> DataBundle:
         if self.bundle is None or len(self.bundle.x_train) == 0:
@@ -45,6 +48,8 @@ class CompressContext:
         if self.train is None:
             raise UserError(f"{where}: {what} needs fine-tuning, which this context does not offer")
         self.need_data(where, what)
+        if self.dry_run:
+            return lambda model, tune: check_loss(self.train, tune.loss_fn, where) or History()
         return self.fine_tune
 
     def fine_tune(self, model: nn.Module, tune: FineTune) -> History:
@@ -87,24 +92,10 @@ def apply_steps(model: nn.Module, steps: list[StepConfig], ctx: CompressContext)
     return Variant(module, list(steps), ctx.model_spec, metas, history)
 
 
-class _DryRun(CompressContext):
-    """Fine-tuning that only checks its settings against the recipe's and trains nothing."""
-
-    def need_fine_tune(self, where: str, what: str) -> Callable[[nn.Module, FineTune], History]:
-        def check(model: nn.Module, tune: FineTune) -> History:
-            check_loss(self.train, tune.loss_fn, where)
-            return History()
-
-        return check
-
-
 def dry_run(model: nn.Module, steps: list[StepConfig], spec: ModelSpec, size_policy: str, train: TrainConfig) -> None:
-    """Apply `steps` to a copy of `model` on four random inputs of the data's shape, training nothing.
-
-    What the steps can check without data fails here, before any data is touched: their order
-    (int8 after binary), the layers they pick, pruning targets, teachers, fine-tuning settings.
-    """
+    """Apply `steps` to a copy of `model` on four random inputs of the data's shape, training nothing: their
+    order (int8 after binary), the layers they pick, pruning targets, teachers and fine-tuning settings fail here."""
     x = torch.randn(4, *spec.input_shape)
     y = torch.arange(4) % spec.n_classes
     bundle = DataBundle([str(c) for c in range(spec.n_classes)], x, y, x, y, x, y, ["dry-run"] * 4)
-    apply_steps(model, steps, _DryRun(bundle=bundle, train=train, model_spec=spec, size_policy=size_policy))
+    apply_steps(model, steps, CompressContext(bundle=bundle, train=train, model_spec=spec, size_policy=size_policy, dry_run=True))

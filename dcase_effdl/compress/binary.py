@@ -36,6 +36,7 @@ from dcase_effdl.compress.registry import StepConfig, register_method
 from dcase_effdl.compress.storage import require_not
 from dcase_effdl.compress.surgery import get_module, set_module, weight_layers
 from dcase_effdl.errors import UserError
+from dcase_effdl.training.schedules import reestimate_batchnorm
 from dcase_effdl.training.loop import FineTune
 
 
@@ -150,33 +151,6 @@ def freeze_binary(model: nn.Module) -> None:
             m.freeze()
 
 
-@torch.no_grad()
-def reestimate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> int:
-    """Recompute batch-norm running mean/var as the average over `x` (other layers in eval mode).
-
-    Returns the number of batch-norm layers updated. Batches are split evenly so that none has a
-    single example.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns or len(x) == 0:
-        return 0
-    was_training = model.training
-    model.eval()
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over all batches
-        bn.train()
-    n_batches = max(1, math.ceil(len(x) / batch_size))
-    for chunk in torch.tensor_split(x, n_batches):
-        if len(chunk) > 1:
-            model(chunk)
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-    model.train(was_training)
-    return len(bns)
-
-
 @dataclass
 class BinaryConfig(StepConfig):
     scale: typing.Literal["fixed", "learned"] = "fixed"  # fixed: McDonnell sqrt(2 / fan_in) per layer
@@ -208,7 +182,8 @@ def apply_binary(model: nn.Module, cfg: BinaryConfig, ctx):
     freeze_binary(model)
     n_bn = 0
     if cfg.bn_reestimate:
-        n_bn = reestimate_batchnorm(model, ctx.need_data(cfg.where, "batch-norm re-estimation").x_train)
+        x = ctx.need_data(cfg.where, "batch-norm re-estimation").x_train
+        n_bn = reestimate_batchnorm(model, torch.tensor_split(x, max(1, math.ceil(len(x) / 256))))  # even batches
     n_bits = sum(get_module(model, n).weight.numel() for n in names)
     ctx.log(f"binary: {len(names)} layers, {n_bits:,} one-bit weights ({cfg.scale} scale); {n_bn} batch-norm layers re-estimated")
     return model.eval(), {"layers": names}

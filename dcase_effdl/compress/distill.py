@@ -38,7 +38,7 @@ from dcase_effdl.compress.storage import require_not
 from dcase_effdl.compress.surgery import weight_layers
 from dcase_effdl.errors import UserError
 from dcase_effdl.rundir import RunDir, VariantDir
-from dcase_effdl.training.loop import FineTune
+from dcase_effdl.training.loop import FineTune, predict_logits
 
 INLINE_KEYS = {"model", "params", "epochs", "lr"}
 
@@ -53,12 +53,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, y: torch.
 def soft_targets(teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
     """Mean over teachers of softmax(logits / T): (N, n_classes)."""
     return torch.stack([torch.softmax(z / temperature, dim=1) for z in teacher_logits]).mean(dim=0)
-
-
-@torch.no_grad()
-def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
 
 
 def data_digest(*tensors: torch.Tensor) -> str:
@@ -174,7 +168,7 @@ def teacher_logits(cfg: DistillConfig, ctx) -> list[torch.Tensor]:
             teacher = ModelSpec(t["model"], params, spec.n_classes, *spec.input_shape).build()
             ctx.log(f"distill: training teacher '{t['model']}' ({sum(p.numel() for p in teacher.parameters()):,} parameters) for {t['epochs']} epochs")
             fine_tune(teacher, FineTune(t["epochs"], t.get("lr")))
-            return logits_of(teacher, x)
+            return predict_logits(teacher, x)
 
         logits, hit = _cached(ctx, key, compute)
         ctx.log(f"distill: teacher '{t['model']}' logits {'from cache' if hit else 'computed'} ({key})")
@@ -189,7 +183,7 @@ def teacher_logits(cfg: DistillConfig, ctx) -> list[torch.Tensor]:
             def compute(path=path):
                 teacher = load_variant(path).module
                 try:
-                    return logits_of(teacher, x)
+                    return predict_logits(teacher, x)
                 except RuntimeError as exc:
                     raise UserError(f"{cfg.where}: teacher {path} does not accept this run's inputs {tuple(x.shape[1:])} "
                                     f"({str(exc).splitlines()[0]})") from None

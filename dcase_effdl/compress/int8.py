@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from dcase_effdl.compress import int8_kernels as K
 from dcase_effdl.compress.registry import StepConfig, register_method
 from dcase_effdl.compress.storage import require_not
+from dcase_effdl.compress.surgery import set_module
 from dcase_effdl.errors import UserError
 from dcase_effdl.training.loop import FineTune
 
@@ -183,11 +184,6 @@ def plan_layers(model: nn.Module, keep_float: list[str], where: str) -> list[dic
 # ---------------------------------------------------------------- transformations
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """conv <- bn(conv(.)) in eval mode: scale each output channel's weights, shift its bias."""
     with torch.no_grad():
@@ -208,7 +204,7 @@ def _fold_all(model: nn.Module, plan: list[dict]) -> None:
     for entry in plan:
         if entry["bn"]:
             fold_batch_norm(model.get_submodule(entry["name"]), model.get_submodule(entry["bn"]))
-            _set_module(model, entry["bn"], nn.Identity())
+            set_module(model, entry["bn"], nn.Identity())
 
 
 class _RangeObserver:
@@ -297,9 +293,9 @@ def _swap_fused_modules(model: nn.Module, plan: list[dict]) -> None:
     """Fused ReLUs become Identity; max-pools that receive uint8 codes become CodeMaxPool2d."""
     for entry in plan:
         if entry["relu_module"]:
-            _set_module(model, entry["relu_module"], nn.Identity())
+            set_module(model, entry["relu_module"], nn.Identity())
         for name in entry["pools"]:
-            _set_module(model, name, K.CodeMaxPool2d.like(model.get_submodule(name)))
+            set_module(model, name, K.CodeMaxPool2d.like(model.get_submodule(name)))
 
 
 @register_method("int8", Int8Config, label="int8 quantization", rebuild=lambda model, cfg, meta: rebuild_int8(model, cfg, meta))
@@ -317,13 +313,13 @@ def apply_int8(model: nn.Module, cfg: Int8Config, ctx):
         fine_tune = ctx.need_fine_tune(cfg.where, "int8 QAT")
         for name in names:
             lo, hi = ranges[name]
-            _set_module(model, name, FakeQuantLayer(model.get_submodule(name), lo, hi, cfg.per_channel, cfg.act_qmax))
+            set_module(model, name, FakeQuantLayer(model.get_submodule(name), lo, hi, cfg.per_channel, cfg.act_qmax))
         ctx.log(f"int8: QAT for {cfg.qat_epochs} epochs on {len(names)} fake-quantized layers")
         fine_tune(model, FineTune(cfg.qat_epochs, cfg.qat_lr))  # trains in place
         for name in names:
             fq = model.get_submodule(name)
             ranges[name] = (float(fq.act_lo), float(fq.act_hi))
-            _set_module(model, name, fq.layer)
+            set_module(model, name, fq.layer)
 
     input_qparams = {e["name"]: K.activation_qparams(*ranges[e["name"]], cfg.act_qmax) for e in plan}
     for entry in plan:
@@ -333,7 +329,7 @@ def apply_int8(model: nn.Module, cfg: Int8Config, ctx):
         q.set_quantized(codes, w_scale, layer.bias, *input_qparams[entry["name"]])
         if entry["out_to"]:
             q.set_output(*input_qparams[entry["out_to"]])
-        _set_module(model, entry["name"], q)
+        set_module(model, entry["name"], q)
     _swap_fused_modules(model, plan)
     n_bn = sum(1 for e in plan if e["bn"])
     n_relu = sum(1 for e in plan if e["relu"])
@@ -354,8 +350,8 @@ def rebuild_int8(model: nn.Module, cfg: Int8Config, meta: dict) -> nn.Module:
                 raise ValueError(f"{entry['name']} is a {type(layer).__name__}")
             if entry["bn"]:
                 model.get_submodule(entry["bn"])
-                _set_module(model, entry["bn"], nn.Identity())
-            _set_module(model, entry["name"], _int8_layer(layer, entry, cfg))
+                set_module(model, entry["bn"], nn.Identity())
+            set_module(model, entry["name"], _int8_layer(layer, entry, cfg))
         for entry in plan:
             if entry["relu_module"]:
                 model.get_submodule(entry["relu_module"])

@@ -15,8 +15,8 @@ whole layer (measured), which disconnects the network. With `epochs > 0` the mod
 while the sparsity ramps from 0 to the target over the first `ramp_fraction` of the epochs
 (`schedule: linear | cubic`; `oneshot` prunes fully before fine-tuning); masks are re-applied after
 every optimizer step. Of the epochs that end at the target sparsity, the one with the best
-validation macro accuracy is kept (fit's own best epoch could predate the ramp's end), and the
-final masks are applied once more.
+validation macro accuracy is kept (fit's best-epoch rule, told by the hook which epochs qualify),
+and the final masks are applied once more.
 The zeros are stored as the variant file chooses (values + 1-bit mask when that is smaller).
 
 `prune_channels` removes whole output channels of convolutions (smallest filter L1 norm, or smallest
@@ -175,41 +175,20 @@ def ramp_fraction_at(epoch: int, ramp_epochs: int, schedule: str) -> float:
 class GradualPruning:
     """fit() hook: at each epoch start prune to the scheduled sparsity; after each step re-apply the masks.
 
-    With validation data (`x_val`, `y_val`), the epochs that end at the full target sparsity are
-    scored by validation macro accuracy and `restore_best` loads the best of them (an earlier, less
-    sparse epoch is never chosen).
+    `eligible(epoch)` is fit's best-epoch rule: only epochs that end at the full target sparsity
+    may be kept (an earlier, less sparse epoch is never chosen).
     """
 
     def __init__(self, skip, n_zeros, *, epochs, schedule="linear", ramp_fraction=0.5, scope="global", max_layer_sparsity=0.9,
-                 where="prune", x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None):
+                 where="prune"):
         self.skip, self.n_zeros, self.schedule, self.scope = list(skip), n_zeros, schedule, scope
         self.max_layer_sparsity, self.where = max_layer_sparsity, where
         self.ramp_epochs = 1 if schedule == "oneshot" else max(1, math.ceil(ramp_fraction * epochs))
         self.masks: dict[str, torch.Tensor] = {}
         self.history: list[dict] = []
-        self.x_val, self.y_val = x_val, y_val
-        self.best: tuple[float, int, dict] | None = None  # (val macro accuracy, epoch, state_dict)
 
-    def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
-        if epoch < self.ramp_epochs or self.x_val is None or len(self.x_val) == 0:
-            return
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(self.x_val[i : i + 256]).argmax(1) for i in range(0, len(self.x_val), 256)])
-        model.train(was_training)
-        recalls = [float((pred[self.y_val == c] == c).float().mean()) for c in torch.unique(self.y_val)]
-        accuracy = 100.0 * sum(recalls) / len(recalls)
-        self.history[-1]["val_accuracy"] = round(accuracy, 3)
-        if self.best is None or accuracy > self.best[0]:
-            self.best = (accuracy, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
-
-    def restore_best(self, model: nn.Module) -> int | None:
-        """Load the best full-sparsity epoch's weights; returns that epoch (None without validation data)."""
-        if self.best is None:
-            return None
-        model.load_state_dict(self.best[2])
-        return self.best[1]
+    def eligible(self, epoch: int) -> bool:
+        return epoch >= self.ramp_epochs
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         layers = prunable_layers(model, self.skip)
@@ -282,23 +261,22 @@ def apply_prune(model: nn.Module, cfg: PruneConfig, ctx):
     ramp = []
     if cfg.epochs > 0:
         fine_tune = ctx.need_fine_tune(cfg.where, "prune with epochs > 0")
-        bundle = ctx.bundle
         hook = GradualPruning(
             cfg.skip, n_zeros, epochs=cfg.epochs, schedule=cfg.schedule, ramp_fraction=cfg.ramp_fraction,
             scope=cfg.scope, max_layer_sparsity=cfg.max_layer_sparsity, where=cfg.where,
-            x_val=getattr(bundle, "x_val", None), y_val=getattr(bundle, "y_val", None),
         )
-        # fit()'s best epoch may predate the ramp's end; the hook picks among full-sparsity epochs.
-        fine_tune(model, FineTune(cfg.epochs, cfg.lr, hooks=(hook,), select_best=False))
-        best = hook.restore_best(model)
-        ramp = hook.history
+        history = fine_tune(model, FineTune(cfg.epochs, cfg.lr, hooks=(hook,), eligible=hook.eligible))
+        ramp, scores = hook.history, {r["epoch"]: r["val_accuracy"] for r in history.epochs}
+        for row in ramp:  # the validation score of each epoch that could be kept
+            if hook.eligible(row["epoch"]) and not math.isnan(scores.get(row["epoch"], math.nan)):
+                row["val_accuracy"] = round(scores[row["epoch"]], 3)
+        best = history.best_epoch if any("val_accuracy" in r for r in ramp) else None
         ctx.log("prune: sparsity ramp " + " ".join(f"{r['sparsity']:.2f}" for r in ramp)
-                + (f"; best full-sparsity epoch {best} (validation macro accuracy {hook.best[0]:.1f} %)" if best else ""))
+                + (f"; best full-sparsity epoch {best} (validation macro accuracy {scores[best]:.1f} %)" if best else ""))
     # The final masks again: the restored best epoch may come from before the ramp's end, and
     # biases that were zero before fine-tuning may not be any more (n_nonzero counts them).
-    layers = prunable_layers(model, cfg.skip)
-    n_zeros = zeros_for_target(model, layers, amount=cfg.amount, n_nonzero=cfg.n_nonzero, where=cfg.where)
-    apply_masks(model, magnitude_masks(layers, n_zeros, scope=cfg.scope, max_layer_sparsity=cfg.max_layer_sparsity, where=cfg.where))
+    prune_magnitude(model, amount=cfg.amount, n_nonzero=cfg.n_nonzero, scope=cfg.scope,
+                    max_layer_sparsity=cfg.max_layer_sparsity, skip=cfg.skip, where=cfg.where)
     table = sparsity_table(model)
     for row in table:
         ctx.log(f"prune: {row['layer']}: {row['n_nonzero']:,} of {row['n_params']:,} non-zero (sparsity {row['sparsity']:.3f})")

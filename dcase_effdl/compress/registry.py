@@ -15,7 +15,7 @@ model, or `(model, meta)` where `meta` is JSON data that `rebuild(model, cfg, me
 needs to recreate the same module structure from a freshly built float model without any data
 (the variant file's tensors are then loaded into it). Steps that do not change the structure pass
 `rebuild=None`. Method modules are imported on first use: add yours to `METHOD_MODULES`. Model
-families register the same way (`dcase_effdl.registry`).
+families register the same way (`config.Registry`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any, Callable, ClassVar
 
 import torch.nn as nn
 
+from dcase_effdl.config import Registry
 from dcase_effdl.errors import UserError
-from dcase_effdl.registry import Registry
 
 # Imported on first use (no work at import time of the package).
 METHOD_MODULES = [
@@ -69,7 +69,7 @@ class Method:
     rebuild: Callable[..., nn.Module] | None = None
 
 
-METHODS: Registry[Method] = Registry("compression method", METHOD_MODULES)
+METHODS = Registry("compression method", METHOD_MODULES)
 
 
 def register_method(name: str, config_cls: type, *, label: str | None = None, rebuild=None):

@@ -30,8 +30,9 @@ import torch
 import torch.nn as nn
 
 from dcase_effdl.compress.registry import StepConfig, get_method, parse_step
-from dcase_effdl.compress.storage import FORMAT_BITS, StoredTensor, stored_tensors
+from dcase_effdl.compress.storage import DTYPE_FORMATS, FORMAT_BITS, StoredTensor, stored_tensors
 from dcase_effdl.errors import UserError
+from dcase_effdl.files import atomic_write
 from dcase_effdl.models import ModelSpec
 
 FILE_FORMAT = "dcase_effdl.variant"
@@ -39,18 +40,7 @@ FILE_VERSION = 1
 META_KEY = "dcase_effdl"
 INDEX_KEY = "dcase_effdl_index"
 
-_TORCH_DTYPES = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
+_TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_FORMATS.items()}
 
 
 @dataclass
@@ -77,10 +67,35 @@ class Variant:
         return {t.format for t in stored_tensors(self.module) if t.role == "weight"}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        save_module(self.module, path, self.model_spec, self.steps, self.step_meta, self.history)
-        self.path = path
-        return path
+        """Write the variant file (see the module docstring); returns the path."""
+        from safetensors.torch import save
+
+        if self.model_spec is None:
+            raise UserError(f"{path}: cannot save a variant without model_spec (needed to rebuild the architecture)")
+        pieces: dict[str, list[torch.Tensor]] = {}
+        lengths: dict[str, int] = {}
+        tensors: dict[str, dict] = {}
+        for t in stored_tensors(self.module):
+            parts, info = _encode(t)
+            info["parts"] = {}
+            for part, x in parts.items():
+                blob = str(x.dtype).replace("torch.", "")
+                offset = lengths.get(blob, 0)
+                pieces.setdefault(blob, []).append(x.reshape(-1))
+                lengths[blob] = offset + x.numel()
+                info["parts"][part] = [blob, offset, x.numel()]
+            tensors[t.name] = info
+        entries = {f"blob.{blob}": torch.cat(xs) for blob, xs in pieces.items() if lengths[blob] > 0}
+        step_meta = list(self.step_meta) or [{} for _ in self.steps]
+        index = base64.b64encode(zlib.compress(json.dumps({"tensors": tensors, "step_meta": step_meta},
+                                                          separators=(",", ":")).encode(), 9)).decode()
+        spec_data, steps_data = self.model_spec.to_dict(), [s.to_dict() for s in self.steps]
+        digest = _digest(entries, index, json.dumps(spec_data, sort_keys=True), json.dumps(steps_data, sort_keys=True))
+        meta = {"format": FILE_FORMAT, "version": FILE_VERSION, "model_spec": spec_data, "steps": steps_data,
+                "history": list(self.history), "sha256": digest}
+        self.path = Path(path)
+        atomic_write(self.path, save(entries, metadata={META_KEY: json.dumps(meta), INDEX_KEY: index}))
+        return self.path
 
 
 # ---------------------------------------------------------------- per-tensor encoding
@@ -94,10 +109,6 @@ def _unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     return torch.from_numpy(np.unpackbits(packed.numpy(), count=n).astype(bool))
 
 
-def _storage_dtype(fmt: str) -> torch.dtype | None:
-    return _TORCH_DTYPES.get(fmt)
-
-
 def _encode(t: StoredTensor) -> tuple[dict[str, torch.Tensor], dict]:
     """Stored entries and their description for one tensor."""
     x = t.tensor.detach().cpu().contiguous()
@@ -107,7 +118,7 @@ def _encode(t: StoredTensor) -> tuple[dict[str, torch.Tensor], dict]:
             raise UserError(f"tensor '{t.name}' is marked 'binary' but holds values other than +-1")
         info["encoding"] = "bits"
         return {"bits": _pack_bits(x > 0)}, info
-    dtype = _storage_dtype(t.format)
+    dtype = _TORCH_DTYPES.get(t.format)
     stored = x.to(dtype)
     if stored.dtype != x.dtype and not torch.equal(stored.to(x.dtype), x):
         # A step after float16 changed the values: storing would silently change predictions.
@@ -173,55 +184,7 @@ def _digest(entries: dict[str, torch.Tensor], *texts: str) -> str:
     return h.hexdigest()
 
 
-# ---------------------------------------------------------------- save / load
-
-
-def save_module(
-    module: nn.Module,
-    path: str | Path,
-    model_spec: ModelSpec | None,
-    steps: list[StepConfig] = (),
-    step_meta: list[dict] = (),
-    history: list[dict] = (),
-) -> Path:
-    """Write `module` as a variant file (see the module docstring); returns the path."""
-    from safetensors.torch import save
-
-    if model_spec is None:
-        raise UserError(f"{path}: cannot save a variant without model_spec (needed to rebuild the architecture)")
-    pieces: dict[str, list[torch.Tensor]] = {}
-    lengths: dict[str, int] = {}
-    tensors: dict[str, dict] = {}
-    for t in stored_tensors(module):
-        parts, info = _encode(t)
-        info["parts"] = {}
-        for part, x in parts.items():
-            blob = str(x.dtype).replace("torch.", "")
-            offset = lengths.get(blob, 0)
-            pieces.setdefault(blob, []).append(x.reshape(-1))
-            lengths[blob] = offset + x.numel()
-            info["parts"][part] = [blob, offset, x.numel()]
-        tensors[t.name] = info
-    entries = {f"blob.{blob}": torch.cat(xs) for blob, xs in pieces.items() if lengths[blob] > 0}
-    index = base64.b64encode(zlib.compress(json.dumps(
-        {"tensors": tensors, "step_meta": list(step_meta) or [{} for _ in steps]}, separators=(",", ":")).encode(), 9)).decode()
-    spec_data = model_spec.to_dict()
-    spec_text = json.dumps(spec_data, sort_keys=True)
-    steps_data = [s.to_dict() for s in steps]
-    meta = {
-        "format": FILE_FORMAT,
-        "version": FILE_VERSION,
-        "model_spec": spec_data,
-        "steps": steps_data,
-        "history": list(history),
-        "sha256": _digest(entries, index, spec_text, json.dumps(steps_data, sort_keys=True)),
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(save(entries, metadata={META_KEY: json.dumps(meta), INDEX_KEY: index}))
-    tmp.replace(path)
-    return path
+# ---------------------------------------------------------------- load
 
 
 def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:

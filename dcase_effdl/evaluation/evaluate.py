@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dcase_effdl.errors import UserError
-from dcase_effdl.rundir import RunDir
+from dcase_effdl.rundir import EvaluationDir, RunDir
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None = None) -> dict:
@@ -17,15 +17,15 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     A labelled set (with `evaluation_setup/fold1_evaluate.csv`) gives, per variant,
     {accuracy, log_loss, n_clips, class_wise} on that fold. An evaluation set without labels
     (`fold1_test.csv` only, e.g. `audio/0.wav` ...) gives no scores: each variant's predictions are
-    written as `<label>.output.csv` under `out/<variant>/` (default `<run>/<variant>/evaluation/`),
-    ready for `dcase-effdl submit`, and the result holds {n_clips, output}.
+    written as `<label>.output.csv` with `evaluation.json` (`rundir.EvaluationDir`) under
+    `out/<variant>/`, by default `<run>/<variant>/evaluation/`, where `dcase-effdl submit` packages
+    them; the result holds {n_clips, output}.
     """
     from dcase_effdl.compress import load_variant
     from dcase_effdl.data.dataset import check_layout, load_dataset
     from dcase_effdl.features.cache import extract_features
     from dcase_effdl.metrics import compute_metrics
     from dcase_effdl.pipeline import normalize
-    from dcase_effdl.submission.files import write_output_csv
     from dcase_effdl.training.loop import predict
 
     run, data = RunDir(run_dir), Path(data)
@@ -51,8 +51,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
             m = compute_metrics(ds.labels(clips), probs, ds.classes)
             results[vdir.name] = {k: m[k] for k in ("accuracy", "log_loss", "n_clips", "class_wise")}
         else:
-            target = (Path(out) / vdir.name) if out else vdir.path / "evaluation"
-            path = target / f"{vdir.label or vdir.name}.output.csv"
-            write_output_csv(path, names, probs, run_classes)
+            target = EvaluationDir(Path(out) / vdir.name) if out else vdir.evaluation
+            path = target.write(vdir.label or vdir.name, names, probs, run_classes, data, vdir.model_path)
             results[vdir.name] = {"n_clips": len(names), "output": str(path)}
     return results

@@ -1,46 +1,38 @@
 """Model families by name: a frozen `ModelSpec` (family, typed knobs, data shape) whose `build()` makes the network.
 
-A family module registers a config dataclass of its knobs (range checks in `__post_init__`) and a
-builder through the shared registry (`dcase_effdl.registry`, as compression methods do):
+A family module registers a config dataclass of its knobs (range checks in `__post_init__`) and its
+network through a `config.Registry`, as compression methods do:
 
     @register("digits_cnn", SmallCNNConfig)
-    def build_small_cnn(cfg, *, n_classes, in_channels, n_mels, n_frames) -> nn.Module: ...
+    class SmallCNN(nn.Module):
+        def __init__(self, cfg, *, n_classes, in_channels, n_mels, n_frames): ...
 
-The builder checks what depends on the data shape (an input too small for the pooling). Inputs
+The network checks what depends on the data shape (an input too small for the pooling). Inputs
 are (batch, in_channels, n_mels, n_frames); the network returns logits.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch.nn as nn
 
-from dcase_effdl.config import to_dict
+from dcase_effdl.config import Registry, to_dict
 from dcase_effdl.errors import UserError
-from dcase_effdl.registry import Registry
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str
-    config_cls: type
-    build: Callable[..., nn.Module]
-
-
-FAMILIES: Registry[Family] = Registry("model", [
+Family = namedtuple("Family", "name config_cls build")  # build(cfg, *, n_classes, in_channels, n_mels, n_frames)
+FAMILIES = Registry("model", [
     "dcase_effdl.models.baseline", "dcase_effdl.models.small_cnn", "dcase_effdl.models.cp_resnet",
     "dcase_effdl.models.preact_resnet", "dcase_effdl.models.mobilenet",
 ], key_word="parameter")
 
 
-def register(name: str, config_cls: type):
-    def deco(fn: Callable[..., nn.Module]):
-        FAMILIES.add(Family(name, config_cls, fn))
-        return fn
-
-    return deco
+def register(name: str, config_cls: type) -> Callable:
+    """Decorator binding the network class (or builder) of family `name` to its knobs' dataclass."""
+    return lambda build: FAMILIES.add(Family(name, config_cls, build)).build
 
 
 def available() -> list[str]:
@@ -87,8 +79,6 @@ class ModelSpec:
             name = data["name"]
         except (KeyError, TypeError) as exc:
             raise UserError(f"{source}: model_spec lacks {exc}") from None
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
-            raise UserError(f"{source}: model_spec shape {shape} is not four positive integers")
         return cls(name, model_params(name, data.get("params"), source, "model_spec.params"), *shape)
 
 

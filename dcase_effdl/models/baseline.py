@@ -32,7 +32,7 @@ definition; the flatten size is computed from it. Input: (batch, in_channels, n_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -45,62 +45,6 @@ KERAS_BN_MOMENTUM = 0.01
 KERAS_BN_EPS = 1e-3
 # Keras 2 'uniform' initializer = RandomUniform(minval=-0.05, maxval=0.05).
 KERAS_UNIFORM_LIMIT = 0.05
-
-
-class BaselineCNN(nn.Module):
-    """DCASE 2020 Task 1B baseline: conv blocks (conv, BN, ReLU, max-pool, dropout) + two dense layers."""
-
-    def __init__(
-        self,
-        *,
-        n_classes: int,
-        in_channels: int,
-        n_mels: int,
-        n_frames: int,
-        conv_filters: Sequence[int],
-        kernel_size: int,
-        pool_sizes: Sequence[Sequence[int]],
-        dense_units: int,
-        dropout: float,
-        batch_norm: bool,
-        dense_init: str,
-    ):
-        super().__init__()
-        blocks = []
-        channels, height, width = in_channels, n_mels, n_frames
-        for filters, (pool_h, pool_w) in zip(conv_filters, pool_sizes):
-            layers: list[nn.Module] = [
-                nn.Conv2d(channels, filters, kernel_size, padding="same", bias=True)
-            ]
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(filters, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM))
-            layers += [nn.ReLU(), nn.MaxPool2d((pool_h, pool_w)), nn.Dropout(dropout)]
-            blocks.append(nn.Sequential(*layers))
-            channels, height, width = filters, height // pool_h, width // pool_w
-        self.features = nn.Sequential(*blocks)
-        self.flatten_size = channels * height * width
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(self.flatten_size, dense_units),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(dense_units, n_classes),
-        )
-        self._init_keras(dense_init)
-
-    def _init_keras(self, dense_init: str) -> None:
-        # Match Keras initial weights: PyTorch's default (kaiming uniform, a=sqrt(5)) trains differently.
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d) or (isinstance(module, nn.Linear) and dense_init == "glorot_uniform"):
-                nn.init.xavier_uniform_(module.weight)
-            elif isinstance(module, nn.Linear):
-                nn.init.uniform_(module.weight, -KERAS_UNIFORM_LIMIT, KERAS_UNIFORM_LIMIT)
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.zeros_(module.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
-        return self.classifier(self.features(x))
 
 
 @dataclass(frozen=True)
@@ -130,18 +74,46 @@ class BaselineConfig:
 
 
 @register("dcase2020_baseline", BaselineConfig)
-def build_baseline(cfg: BaselineConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int) -> BaselineCNN:
-    """Build the baseline CNN; an input too small for the pooling is a UserError."""
-    height, width = n_mels, n_frames
-    for i, (pool_h, pool_w) in enumerate(cfg.pool_sizes):
-        height, width = height // pool_h, width // pool_w
-        if height == 0 or width == 0:
-            raise UserError(
-                f"model 'dcase2020_baseline': input {n_mels} mels x {n_frames} frames is too small for pool_sizes "
-                f"{cfg.pool_sizes} (nothing left after pool {i + 1})"
-            )
-    return BaselineCNN(
-        n_classes=n_classes, in_channels=in_channels, n_mels=n_mels, n_frames=n_frames, conv_filters=cfg.conv_filters,
-        kernel_size=cfg.kernel_size, pool_sizes=cfg.pool_sizes, dense_units=cfg.dense_units, dropout=cfg.dropout,
-        batch_norm=cfg.batch_norm, dense_init=cfg.dense_init,
-    )  # fmt: skip
+class BaselineCNN(nn.Module):
+    """DCASE 2020 Task 1B baseline: conv blocks (conv, BN, ReLU, max-pool, dropout) + two dense layers."""
+
+    def __init__(self, cfg: BaselineConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int):
+        super().__init__()
+        blocks = []
+        channels, height, width = in_channels, n_mels, n_frames
+        for i, (filters, (pool_h, pool_w)) in enumerate(zip(cfg.conv_filters, cfg.pool_sizes)):
+            layers: list[nn.Module] = [nn.Conv2d(channels, filters, cfg.kernel_size, padding="same", bias=True)]
+            if cfg.batch_norm:
+                layers.append(nn.BatchNorm2d(filters, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM))
+            layers += [nn.ReLU(), nn.MaxPool2d((pool_h, pool_w)), nn.Dropout(cfg.dropout)]
+            blocks.append(nn.Sequential(*layers))
+            channels, height, width = filters, height // pool_h, width // pool_w
+            if height == 0 or width == 0:  # pooling floors like Keras 'valid' pooling
+                raise UserError(
+                    f"model 'dcase2020_baseline': input {n_mels} mels x {n_frames} frames is too small for pool_sizes "
+                    f"{cfg.pool_sizes} (nothing left after pool {i + 1})"
+                )
+        self.features = nn.Sequential(*blocks)
+        self.flatten_size = channels * height * width
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(self.flatten_size, cfg.dense_units),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.dense_units, n_classes),
+        )
+        self._init_keras(cfg.dense_init)
+
+    def _init_keras(self, dense_init: str) -> None:
+        # Match Keras initial weights: PyTorch's default (kaiming uniform, a=sqrt(5)) trains differently.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) or (isinstance(module, nn.Linear) and dense_init == "glorot_uniform"):
+                nn.init.xavier_uniform_(module.weight)
+            elif isinstance(module, nn.Linear):
+                nn.init.uniform_(module.weight, -KERAS_UNIFORM_LIMIT, KERAS_UNIFORM_LIMIT)
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
+        return self.classifier(self.features(x))

@@ -35,8 +35,9 @@ Knobs (`model.params` in a recipe):
         conv of each block and the head conv zero) or 'kaiming' (He normal everywhere).
 
 Published sizes (3 classes, stereo input, 2020 rule: conv weights counted, batch norm not):
-    sub3 `--rho 4 --width 48 --depth_restriction "0,1,3"`: 242,592 conv weights (reported 247,316
-        trainable incl. batch norm); sub2 `--rho 4 --width 64 --depth_restriction "0,2,4"` then
+    sub3 `--rho 4 --width 48 --depth_restriction "0,1,3"`: 242,592 conv weights = 473.81 KB in float16,
+        the official 242k / 473.8 KB (the README's "247,316 trainable parameters" matches no count of
+        it: 242,592 + 3,366 batch norm = 245,958); sub2 `--rho 4 --width 64 --depth_restriction "0,2,4"` then
     magnitude-pruned to 247,562 non-zero (see recipes/koutini.yaml).
 """
 
@@ -44,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -129,65 +130,6 @@ class BasicBlock(nn.Module):
         return F.relu(y + self.shortcut(x))
 
 
-class CPResNet(nn.Module):
-    """Receptive-field-regularised ResNet; input (batch, in_channels, n_mels, n_frames) -> logits."""
-
-    def __init__(
-        self,
-        *,
-        n_classes: int,
-        in_channels: int,
-        rho: int,
-        width: int,
-        n_blocks: Sequence[int],
-        frequency_damping: bool,
-        damping_min: float,
-        init: str,
-    ):
-        super().__init__()
-        conv = _ConvFactory(frequency_damping, damping_min)
-        kernels = kernel_sizes(rho)
-        channels = [width, 2 * width, 4 * width]
-        self.in_c = nn.Sequential(conv(in_channels, width, 5, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        stages, c_in = [], width
-        for s, (n, c_out) in enumerate(zip(n_blocks, channels)):
-            k1s, k2s = kernels[f"stage{s + 1}"]
-            stage = nn.Sequential()
-            for b in range(n):
-                stage.add_module(f"block{b + 1}", BasicBlock(c_in, c_out, k1s[b], k2s[b], conv))
-                c_in = c_out
-                if s == 0 and b + 1 in MAXPOOL_AFTER_STAGE1_BLOCKS:
-                    stage.add_module(f"maxpool{b + 1}", nn.MaxPool2d(2, 2))
-            stages.append(stage)
-        self.stage1, self.stage2, self.stage3 = stages
-        self.head = nn.Sequential(conv(c_in, n_classes, 1), nn.BatchNorm2d(n_classes))
-        self._init(init, n_blocks=sum(n_blocks))
-
-    def _init(self, init: str, n_blocks: int) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        if init == "fixup":
-            # Fixup (Zhang et al. 2019) as in the original: residual branches start as identity.
-            nn.init.zeros_(self.head[0].weight)
-            for m in self.modules():
-                if isinstance(m, BasicBlock):
-                    fan = m.conv1.kernel_size[0] * m.conv1.kernel_size[1] * m.conv1.out_channels
-                    nn.init.normal_(m.conv1.weight, 0.0, n_blocks**-0.5 * math.sqrt(2.0 / fan))
-                    nn.init.zeros_(m.conv2.weight)
-                    if len(m.shortcut):
-                        sc = m.shortcut[0]
-                        fan = sc.kernel_size[0] * sc.kernel_size[1] * sc.out_channels
-                        nn.init.normal_(sc.weight, 0.0, math.sqrt(2.0 / fan))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stage3(self.stage2(self.stage1(self.in_c(x))))
-        return self.head(x).mean(dim=(2, 3))
-
-
 def output_size(n_mels: int, n_frames: int) -> tuple[int, int]:
     """Feature-map size after the stem (5x5 stride 2, padding 1) and the three 2x2 max-pools."""
     f, t = (n_mels - 3) // 2 + 1, (n_frames - 3) // 2 + 1
@@ -219,11 +161,55 @@ class CPResNetConfig:
 
 
 @register("cp_resnet", CPResNetConfig)
-def build_cp_resnet(cfg: CPResNetConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int) -> CPResNet:
-    if min(output_size(n_mels, n_frames)) < 1:
-        raise UserError(
-            f"model 'cp_resnet': input {n_mels} mel bands x {n_frames} frames is too small "
-            "(the stem and three 2x2 max-pools need at least 19 x 19)"
-        )
-    return CPResNet(n_classes=n_classes, in_channels=in_channels, rho=cfg.rho, width=cfg.width, n_blocks=cfg.n_blocks,
-                    frequency_damping=cfg.frequency_damping, damping_min=cfg.damping_min, init=cfg.init)
+class CPResNet(nn.Module):
+    """Receptive-field-regularised ResNet; input (batch, in_channels, n_mels, n_frames) -> logits."""
+
+    def __init__(self, cfg: CPResNetConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int):
+        super().__init__()
+        if min(output_size(n_mels, n_frames)) < 1:
+            raise UserError(
+                f"model 'cp_resnet': input {n_mels} mel bands x {n_frames} frames is too small "
+                "(the stem and three 2x2 max-pools need at least 19 x 19)"
+            )
+        conv = _ConvFactory(cfg.frequency_damping, cfg.damping_min)
+        kernels = kernel_sizes(cfg.rho)
+        width = cfg.width
+        channels = [width, 2 * width, 4 * width]
+        self.in_c = nn.Sequential(conv(in_channels, width, 5, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        stages, c_in = [], width
+        for s, (n, c_out) in enumerate(zip(cfg.n_blocks, channels)):
+            k1s, k2s = kernels[f"stage{s + 1}"]
+            stage = nn.Sequential()
+            for b in range(n):
+                stage.add_module(f"block{b + 1}", BasicBlock(c_in, c_out, k1s[b], k2s[b], conv))
+                c_in = c_out
+                if s == 0 and b + 1 in MAXPOOL_AFTER_STAGE1_BLOCKS:
+                    stage.add_module(f"maxpool{b + 1}", nn.MaxPool2d(2, 2))
+            stages.append(stage)
+        self.stage1, self.stage2, self.stage3 = stages
+        self.head = nn.Sequential(conv(c_in, n_classes, 1), nn.BatchNorm2d(n_classes))
+        self._init(cfg.init, n_blocks=sum(cfg.n_blocks))
+
+    def _init(self, init: str, n_blocks: int) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if init == "fixup":
+            # Fixup (Zhang et al. 2019) as in the original: residual branches start as identity.
+            nn.init.zeros_(self.head[0].weight)
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    fan = m.conv1.kernel_size[0] * m.conv1.kernel_size[1] * m.conv1.out_channels
+                    nn.init.normal_(m.conv1.weight, 0.0, n_blocks**-0.5 * math.sqrt(2.0 / fan))
+                    nn.init.zeros_(m.conv2.weight)
+                    if len(m.shortcut):
+                        sc = m.shortcut[0]
+                        fan = sc.kernel_size[0] * sc.kernel_size[1] * sc.out_channels
+                        nn.init.normal_(sc.weight, 0.0, math.sqrt(2.0 / fan))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage3(self.stage2(self.stage1(self.in_c(x))))
+        return self.head(x).mean(dim=(2, 3))

@@ -93,39 +93,6 @@ def mobile_path(in_channels, first_filters, stage_channels, blocks_per_stage, st
     return nn.Sequential(*layers)
 
 
-class MobNet(nn.Module):
-    """Input (batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
-
-    def __init__(self, *, n_classes, in_channels, split_frequency, head_channels, dropout, bn_momentum, path_kwargs):
-        super().__init__()
-        self.split_frequency = split_frequency
-        self.paths = nn.ModuleList(mobile_path(in_channels, **path_kwargs) for _ in range(2 if split_frequency else 1))
-        c = path_kwargs["last_channels"]
-        self.bn_head = nn.BatchNorm2d(c, affine=False, eps=BN_EPS)
-        self.conv_head = nn.Conv2d(c, head_channels, 1, bias=False)
-        self.dropout = nn.Dropout(dropout)
-        self.bn_out = nn.BatchNorm2d(head_channels, affine=False, eps=BN_EPS)
-        self.conv_out = nn.Conv2d(head_channels, n_classes, 1, bias=False)
-        self.bn_logits = nn.BatchNorm2d(n_classes, affine=False, eps=BN_EPS)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = bn_momentum
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.split_frequency:
-            half = x.shape[2] // 2
-            y = torch.cat([self.paths[0](x[:, :, :half]), self.paths[1](x[:, :, half:])], dim=2)
-        else:
-            y = self.paths[0](x)
-        y = self.dropout(self.conv_head(F.relu(self.bn_head(y))))
-        y = self.conv_out(F.relu(self.bn_out(y)))
-        return self.bn_logits(y).mean(dim=(2, 3))
-
-
 @dataclass(frozen=True)
 class MobNetConfig:
     """Knobs of Mobnet (see the module docstring); `last_channels` None = the original's rule."""
@@ -157,16 +124,42 @@ class MobNetConfig:
 
 
 @register("mobnet", MobNetConfig)
-def build_mobnet(cfg: MobNetConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int) -> MobNet:
-    if cfg.split_frequency and n_mels % 2:
-        raise UserError(f"model 'mobnet': split_frequency needs an even number of mel bands, got {n_mels}")
-    last_channels = cfg.last_channels
-    if last_channels is None:
-        last_channels = make_divisible(80 * cfg.alpha, 8) if cfg.alpha > 1.0 else 56
-    path_kwargs = dict(
-        first_filters=make_divisible(32 * cfg.alpha, 8), stage_channels=cfg.stage_channels,
-        blocks_per_stage=cfg.blocks_per_stage, stage_strides=cfg.stage_strides, expansion=cfg.expansion,
-        alpha=cfg.alpha, last_channels=last_channels,
-    )  # fmt: skip
-    return MobNet(n_classes=n_classes, in_channels=in_channels, split_frequency=cfg.split_frequency,
-                  head_channels=cfg.head_channels, dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, path_kwargs=path_kwargs)
+class MobNet(nn.Module):
+    """Input (batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
+
+    def __init__(self, cfg: MobNetConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int):
+        super().__init__()
+        if cfg.split_frequency and n_mels % 2:
+            raise UserError(f"model 'mobnet': split_frequency needs an even number of mel bands, got {n_mels}")
+        c = cfg.last_channels
+        if c is None:
+            c = make_divisible(80 * cfg.alpha, 8) if cfg.alpha > 1.0 else 56
+        self.split_frequency = cfg.split_frequency
+        self.paths = nn.ModuleList(
+            mobile_path(in_channels, make_divisible(32 * cfg.alpha, 8), cfg.stage_channels, cfg.blocks_per_stage,
+                        cfg.stage_strides, cfg.expansion, cfg.alpha, c)
+            for _ in range(2 if cfg.split_frequency else 1)
+        )  # fmt: skip
+        self.bn_head = nn.BatchNorm2d(c, affine=False, eps=BN_EPS)
+        self.conv_head = nn.Conv2d(c, cfg.head_channels, 1, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.bn_out = nn.BatchNorm2d(cfg.head_channels, affine=False, eps=BN_EPS)
+        self.conv_out = nn.Conv2d(cfg.head_channels, n_classes, 1, bias=False)
+        self.bn_logits = nn.BatchNorm2d(n_classes, affine=False, eps=BN_EPS)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = cfg.bn_momentum
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.split_frequency:
+            half = x.shape[2] // 2
+            y = torch.cat([self.paths[0](x[:, :, :half]), self.paths[1](x[:, :, half:])], dim=2)
+        else:
+            y = self.paths[0](x)
+        y = self.dropout(self.conv_head(F.relu(self.bn_head(y))))
+        y = self.conv_out(F.relu(self.bn_out(y)))
+        return self.bn_logits(y).mean(dim=(2, 3))

@@ -98,35 +98,6 @@ class Path(nn.Module):
         return self.blocks(self.conv_in(self.bn_in(x)))
 
 
-class PreActResNet(nn.Module):
-    """Input (batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
-
-    def __init__(self, *, n_classes, in_channels, width, n_stacks, blocks_per_stack, head_channels, split_frequency, bn_eps):
-        super().__init__()
-        self.split_frequency = split_frequency
-        n_paths = 2 if split_frequency else 1
-        self.paths = nn.ModuleList(Path(in_channels, width, n_stacks, blocks_per_stack, bn_eps) for _ in range(n_paths))
-        c = self.paths[0].out_channels
-        self.bn_head = nn.BatchNorm2d(c, affine=False, eps=bn_eps)
-        self.conv_head = _conv(c, head_channels, 3)
-        self.bn_out = nn.BatchNorm2d(head_channels, affine=False, eps=bn_eps)
-        self.conv_out = _conv(head_channels, n_classes, 1)
-        self.bn_logits = nn.BatchNorm2d(n_classes, eps=bn_eps)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")  # Keras he_normal
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.split_frequency:
-            half = x.shape[2] // 2
-            y = self.paths[0](x[:, :, :half]) + self.paths[1](x[:, :, half:])
-        else:
-            y = self.paths[0](x)
-        y = self.conv_head(F.relu(self.bn_head(y)))
-        y = self.conv_out(F.relu(self.bn_out(y)))
-        return self.bn_logits(y).mean(dim=(2, 3))
-
-
 @dataclass(frozen=True)
 class PreActResNetConfig:
     """Knobs of the pre-activation ResNet (see the module docstring)."""
@@ -147,9 +118,32 @@ class PreActResNetConfig:
 
 
 @register("preact_resnet", PreActResNetConfig)
-def build_preact_resnet(cfg: PreActResNetConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int) -> PreActResNet:
-    if cfg.split_frequency and n_mels % 2:
-        raise UserError(f"model 'preact_resnet': split_frequency needs an even number of mel bands, got {n_mels}")
-    return PreActResNet(n_classes=n_classes, in_channels=in_channels, width=cfg.width, n_stacks=cfg.n_stacks,
-                        blocks_per_stack=cfg.blocks_per_stack, head_channels=cfg.head_channels,
-                        split_frequency=cfg.split_frequency, bn_eps=cfg.bn_eps)
+class PreActResNet(nn.Module):
+    """Input (batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
+
+    def __init__(self, cfg: PreActResNetConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int):
+        super().__init__()
+        if cfg.split_frequency and n_mels % 2:
+            raise UserError(f"model 'preact_resnet': split_frequency needs an even number of mel bands, got {n_mels}")
+        self.split_frequency = cfg.split_frequency
+        self.paths = nn.ModuleList(Path(in_channels, cfg.width, cfg.n_stacks, cfg.blocks_per_stack, cfg.bn_eps)
+                                   for _ in range(2 if cfg.split_frequency else 1))
+        c = self.paths[0].out_channels
+        self.bn_head = nn.BatchNorm2d(c, affine=False, eps=cfg.bn_eps)
+        self.conv_head = _conv(c, cfg.head_channels, 3)
+        self.bn_out = nn.BatchNorm2d(cfg.head_channels, affine=False, eps=cfg.bn_eps)
+        self.conv_out = _conv(cfg.head_channels, n_classes, 1)
+        self.bn_logits = nn.BatchNorm2d(n_classes, eps=cfg.bn_eps)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")  # Keras he_normal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.split_frequency:
+            half = x.shape[2] // 2
+            y = self.paths[0](x[:, :, :half]) + self.paths[1](x[:, :, half:])
+        else:
+            y = self.paths[0](x)
+        y = self.conv_head(F.relu(self.bn_head(y)))
+        y = self.conv_out(F.relu(self.bn_out(y)))
+        return self.bn_logits(y).mean(dim=(2, 3))

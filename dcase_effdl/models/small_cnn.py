@@ -24,34 +24,6 @@ from dcase_effdl.errors import UserError
 from dcase_effdl.models import register
 
 
-class SmallCNN(nn.Module):
-    """Conv blocks (conv, BN, ReLU, optional 2x2 max-pool) + a dense classifier."""
-
-    def __init__(self, *, n_classes, in_channels, n_mels, n_frames, channels, pool_after, hidden, dropout):
-        super().__init__()
-        blocks = []
-        c, h, w = in_channels, n_mels, n_frames
-        for i, out in enumerate(channels):
-            layers: list[nn.Module] = [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
-            if i in pool_after:
-                layers.append(nn.MaxPool2d(2))
-                h, w = h // 2, w // 2
-            blocks.append(nn.Sequential(*layers))
-            c = out
-        self.features = nn.Sequential(*blocks)
-        self.flatten_size = c * h * w
-        head: list[nn.Module] = [nn.Flatten()]
-        if hidden:
-            head += [nn.Linear(self.flatten_size, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)]
-        else:
-            head += [nn.Dropout(dropout), nn.Linear(self.flatten_size, n_classes)]
-        self.classifier = nn.Sequential(*head)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, in_channels, height, width) -> logits (batch, n_classes)."""
-        return self.classifier(self.features(x))
-
-
 @dataclass(frozen=True)
 class SmallCNNConfig:
     """Knobs of the small CNN (see the module docstring); `pool_after` None = the last two blocks."""
@@ -73,10 +45,32 @@ class SmallCNNConfig:
 
 
 @register("digits_cnn", SmallCNNConfig)
-def build_small_cnn(cfg: SmallCNNConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int) -> SmallCNN:
-    """Build the small CNN; an input too small for its max-pools is a UserError."""
-    pools = sorted(set(range(len(cfg.channels))[-2:] if cfg.pool_after is None else cfg.pool_after))
-    if (n_mels >> len(pools)) == 0 or (n_frames >> len(pools)) == 0:
-        raise UserError(f"model 'digits_cnn': input {n_mels} x {n_frames} is too small for {len(pools)} 2x2 max-pools")
-    return SmallCNN(n_classes=n_classes, in_channels=in_channels, n_mels=n_mels, n_frames=n_frames, channels=cfg.channels,
-                    pool_after=pools, hidden=cfg.hidden, dropout=cfg.dropout)
+class SmallCNN(nn.Module):
+    """Conv blocks (conv, BN, ReLU, optional 2x2 max-pool) + a dense classifier."""
+
+    def __init__(self, cfg: SmallCNNConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int):
+        super().__init__()
+        pool_after = set(range(len(cfg.channels))[-2:] if cfg.pool_after is None else cfg.pool_after)
+        if (n_mels >> len(pool_after)) == 0 or (n_frames >> len(pool_after)) == 0:
+            raise UserError(f"model 'digits_cnn': input {n_mels} x {n_frames} is too small for {len(pool_after)} 2x2 max-pools")
+        blocks = []
+        c, h, w = in_channels, n_mels, n_frames
+        for i, out in enumerate(cfg.channels):
+            layers: list[nn.Module] = [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            if i in pool_after:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            blocks.append(nn.Sequential(*layers))
+            c = out
+        self.features = nn.Sequential(*blocks)
+        self.flatten_size = c * h * w
+        head: list[nn.Module] = [nn.Flatten()]
+        if cfg.hidden:
+            head += [nn.Linear(self.flatten_size, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, n_classes)]
+        else:
+            head += [nn.Dropout(cfg.dropout), nn.Linear(self.flatten_size, n_classes)]
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, in_channels, height, width) -> logits (batch, n_classes)."""
+        return self.classifier(self.features(x))

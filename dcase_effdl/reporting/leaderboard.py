@@ -1,20 +1,4 @@
-"""Leaderboard rows from a run folder (one per variant), and the one formatter of such rows (text, md, csv, html).
-
-A row is a plain dict with the columns of the DCASE 2020 Task 1B results table plus where it came
-from. Keys (and the headers used in files and tables, see HEADERS; published rows add theirs):
-
-    rank                   Rank                   1 = highest accuracy (set by `rank_rows`)
-    label                  Submission label       `VariantDir.label` (from `<label>.output.csv`), else None
-    accuracy               Accuracy (%)           macro average of class-wise accuracy, percent
-    log_loss               Logloss                over all clips
-    n_params               Parameters             counted values (weights and biases)
-    n_nonzero              Non-zero parameters
-    sparsity               Sparsity (%)           100 * zeros / n_params
-    size_kb                Size (KB)              KB = 1024 B, as the size policy counts it
-    complexity_management  Complexity management  e.g. 'float16', 'pruning + float16'
-    run, variant           Run, Variant           run folder name, variant folder name
-    size_bytes, limit_bytes, policy, over_limit   the size policy's verdict (limit_bytes may be None)
-"""
+"""Leaderboard rows from a run folder (one per variant), and the one formatter of such rows (text, md, csv, html)."""
 
 from __future__ import annotations
 
@@ -29,26 +13,28 @@ from dcase_effdl.files import atomic_write
 from dcase_effdl.rundir import RunDir, VariantDir
 from dcase_effdl.task import KB
 
+# A row is a plain dict: the columns of the DCASE 2020 Task 1B results table plus where it came from.
+# Its keys, their headers in files and tables, and what they hold:
 HEADERS = {
-    "rank": "Rank",
-    "label": "Submission label",
-    "technical_report": "Technical report",
+    "rank": "Rank",  # 1 = highest accuracy, equal accuracies share a rank (set by `rank_rows`)
+    "label": "Submission label",  # `VariantDir.label` (from `<label>.output.csv`), else None
+    "technical_report": "Technical report",  # published rows only, like official_rank, origin and set
     "official_rank": "Official system rank",
-    "accuracy": "Accuracy (%)",
-    "log_loss": "Logloss",
-    "n_params": "Parameters",
+    "accuracy": "Accuracy (%)",  # macro average of class-wise accuracy, percent
+    "log_loss": "Logloss",  # over all clips
+    "n_params": "Parameters",  # counted values (weights and biases)
     "n_nonzero": "Non-zero parameters",
-    "sparsity": "Sparsity (%)",
-    "size_kb": "Size (KB)",
-    "complexity_management": "Complexity management",
-    "run": "Run",
-    "variant": "Variant",
-    "size_bytes": "Size (bytes)",
+    "sparsity": "Sparsity",  # fraction of the counted values that are zero, as the official table prints it
+    "size_kb": "Size (KB)",  # KB = 1024 B, as the size policy counts it
+    "complexity_management": "Complexity management",  # e.g. 'float16', 'pruning + float16'
+    "run": "Run",  # run folder name
+    "variant": "Variant",  # variant folder name
+    "size_bytes": "Size (bytes)",  # size_bytes, limit_bytes (may be None), policy, over_limit: the policy's verdict
     "limit_bytes": "Limit (bytes)",
     "policy": "Size policy",
     "over_limit": "Over limit",
-    "origin": "Origin",
-    "set": "Accuracy on",
+    "origin": "Origin",  # 'own' or 'published'
+    "set": "Accuracy on",  # which data the accuracy is on
 }
 # leaderboard.csv: every key of an own row; the table printed after a run: the results table's columns.
 COLUMNS = [(k, HEADERS[k]) for k in ("rank", "label", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity",
@@ -58,8 +44,8 @@ TEXT_KEYS = ["rank", "label", "accuracy", "log_loss", "n_params", "n_nonzero", "
              "complexity_management", "variant"]
 NUMERIC = {"rank", "official_rank", "accuracy", "log_loss", "n_params", "n_nonzero", "sparsity", "size_kb"}
 # Digits after the point in files (csv) and in tables people read (text, md, html).
-CSV_DIGITS = {"accuracy": 2, "log_loss": 4, "sparsity": 2, "size_kb": 2}
-TABLE_DIGITS = {"accuracy": 1, "log_loss": 3, "sparsity": 1, "size_kb": 2}
+CSV_DIGITS = {"accuracy": 2, "log_loss": 4, "sparsity": 4, "size_kb": 2}
+TABLE_DIGITS = {"accuracy": 1, "log_loss": 3, "sparsity": 3, "size_kb": 2}
 OVER_MARK = "*"
 FORMATS = ("text", "md", "csv", "html")
 
@@ -89,7 +75,7 @@ def row_from_variant(run_dir: str | Path, variant_name: str) -> dict:
         "log_loss": None if log_loss is None else float(log_loss),
         "n_params": n_params,
         "n_nonzero": n_nonzero,
-        "sparsity": 100.0 * (n_params - n_nonzero) / n_params if n_params else 0.0,
+        "sparsity": (n_params - n_nonzero) / n_params if n_params else 0.0,
         "size_kb": size_kb,
         "complexity_management": size.get("complexity_management") or "",
         "run": run_dir.name,
@@ -107,12 +93,16 @@ def rows_from_run(run_dir: str | Path) -> list[dict]:
 
 
 def rank_rows(rows: list[dict]) -> list[dict]:
-    """Rows sorted by accuracy (highest first; smaller size breaks ties; no accuracy last), ranks set."""
-    ranked = sorted(
-        rows,
-        key=lambda r: (r["accuracy"] is None, -(r["accuracy"] or 0.0), r["size_kb"] or 0.0),
-    )
-    return [dict(row, rank=i + 1) for i, row in enumerate(ranked)]
+    """Rows sorted by accuracy (highest first, no accuracy last) with the official table's rank: equal
+    accuracies share a rank, listed by label as the official table lists them, and the next rank follows
+    on (1, 2, 2, 3); a row without accuracy has none."""
+    ranked = sorted(rows, key=lambda r: (r["accuracy"] is None, -(r["accuracy"] or 0.0), r.get("label") or ""))
+    out, rank, last = [], 0, None
+    for row in ranked:
+        if row["accuracy"] is not None and row["accuracy"] != last:
+            rank, last = rank + 1, row["accuracy"]
+        out.append(dict(row, rank=rank if row["accuracy"] is not None else None))
+    return out
 
 
 def write_leaderboard_csv(path: str | Path, rows: list[dict]) -> Path:
@@ -133,14 +123,20 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cell(key: str, row: dict, fmt: str) -> str:
-    """One cell: '' when missing; csv keeps plain numbers, the other formats round, group and mark."""
+    """One cell: '' when missing; a number a published row carries as printed (`row['printed']`) stays as
+    printed ('345k', '483.5'); otherwise csv keeps plain numbers, the other formats round, group and mark."""
     value = row.get(key)
     if value is None or value == "":
         return ""
+    printed = (row.get("printed") or {}).get(key)
     if fmt == "csv":
+        if printed is not None:
+            return printed
         return f"{value:.{CSV_DIGITS[key]}f}" if key in CSV_DIGITS else str(value)
+    if printed is not None and key != "size_kb":
+        return printed
     if key in TABLE_DIGITS:
-        text = f"{value:,.{TABLE_DIGITS[key]}f}"
+        text = printed if printed is not None else f"{value:,.{TABLE_DIGITS[key]}f}"
         if key == "size_kb" and row.get("over_limit"):
             text += f" {OVER_MARK}"
         elif key == "size_kb" and fmt == "text":

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_open
+from dcase_effdl.reporting.leaderboard import rows_from_run
+from dcase_effdl.reporting.published import merged_rows
 from dcase_effdl.rundir import RunDir
 from dcase_effdl.task import KB, SIZE_LIMIT_KB
 
@@ -227,12 +229,6 @@ def plot_training_curves(histories: dict[str, dict], base: Path, *, title: str |
 # ---------------------------------------------------------------- run folders
 
 
-def _rows(run_dirs: list[Path], published: str | None) -> list[dict]:
-    from dcase_effdl.reporting.published import merged_rows
-
-    return merged_rows(run_dirs, published)
-
-
 def _confusion_plots(run: RunDir, out: Path, name: str, prefix: str) -> list[Path]:
     """A confusion matrix per finished variant whose metrics have one."""
     written = []
@@ -245,8 +241,6 @@ def _confusion_plots(run: RunDir, out: Path, name: str, prefix: str) -> list[Pat
 
 def write_run_plots(run_dir: str | Path, published: str | None = "dcase2020_task1b") -> list[Path]:
     """Every plot of one run into `<run_dir>/plots/`: training curves, accuracy vs size, confusion matrices."""
-    from dcase_effdl.reporting.leaderboard import rows_from_run
-
     run = RunDir(run_dir)
     name, out = run.path.name, run.path / "plots"
     written: list[Path] = []
@@ -257,7 +251,7 @@ def write_run_plots(run_dir: str | Path, published: str | None = "dcase2020_task
     rows = rows_from_run(run.path)
     limit = next((r["limit_bytes"] / KB for r in rows if r.get("limit_bytes")), SIZE_LIMIT_KB)
     use_published = published if compares_with_published(run.path) else None
-    all_rows = _rows([run.path], use_published)
+    all_rows = merged_rows([run.path], use_published)
     if any(r.get("accuracy") is not None and r.get("size_kb") for r in all_rows):
         written += plot_accuracy_vs_size(all_rows, out / "accuracy_vs_size",
                                          title=f"Accuracy vs model size: {name}", limit_kb=limit)
@@ -266,8 +260,6 @@ def write_run_plots(run_dir: str | Path, published: str | None = "dcase2020_task
 
 def compares_with_published(run_dir: Path) -> bool:
     """Published DCASE 2020 Task 1B rows belong beside a scene run under the 2020 size rule only."""
-    from dcase_effdl.reporting.leaderboard import rows_from_run
-
     policies = {r.get("policy") for r in rows_from_run(run_dir)}
     return RunDir(run_dir).recipe().dataset.kind == "tau" and policies <= {"dcase2020", None}
 
@@ -279,7 +271,7 @@ def write_comparison_plots(run_dirs: list[str | Path], out_dir: str | Path, publ
     names = [r.path.name for r in runs]
     if len(set(names)) != len(names):
         names = [str(r.path) for r in runs]
-    written = plot_accuracy_vs_size(_rows([r.path for r in runs], published), out_dir / "accuracy_vs_size",
+    written = plot_accuracy_vs_size(merged_rows([r.path for r in runs], published), out_dir / "accuracy_vs_size",
                                     title="Accuracy vs model size: " + ", ".join(names))
     histories = {name: h for name, r in zip(names, runs) if (h := r.history(optional=True)) is not None}
     if histories:

@@ -19,6 +19,9 @@ from typing import Any
 from dcase_effdl import __version__
 from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_write
+from dcase_effdl.reporting.leaderboard import rows_from_run
+from dcase_effdl.reporting.plots import compares_with_published, write_comparison_plots, write_run_plots
+from dcase_effdl.reporting.published import format_leaderboard, merged_rows
 from dcase_effdl.rundir import RunDir
 from dcase_effdl.task import KB
 
@@ -146,14 +149,10 @@ def _run_summary(run: RunDir) -> str:
 
 
 def _leaderboard(run_dirs: list[Path], published: str | None) -> str:
-    from dcase_effdl.reporting.published import format_leaderboard, merged_rows
-
     return format_leaderboard(merged_rows(run_dirs, published), "html")
 
 
 def _variant_sections(run_dir: Path, plots_dir: Path, prefix: str = "") -> str:
-    from dcase_effdl.reporting.leaderboard import rows_from_run
-
     parts = []
     for row in rows_from_run(run_dir):
         variant = row["variant"]
@@ -175,8 +174,6 @@ def _variant_sections(run_dir: Path, plots_dir: Path, prefix: str = "") -> str:
 
 def write_report(run_dir: str | Path, published: str | None = "dcase2020_task1b", out: str | Path | None = None) -> Path:
     """`<run_dir>/report.html`: run summary, leaderboard beside published rows, plots, per-variant tables."""
-    from dcase_effdl.reporting.plots import compares_with_published, write_run_plots
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
@@ -200,8 +197,6 @@ def write_report(run_dir: str | Path, published: str | None = "dcase2020_task1b"
 
 def write_comparison_report(run_dirs: list[str | Path], out: str | Path, published: str | None = "dcase2020_task1b") -> Path:
     """One page comparing runs: merged leaderboard, accuracy vs size of all variants, curves, per-run tables."""
-    from dcase_effdl.reporting.plots import write_comparison_plots
-
     run_dirs = [Path(p) for p in run_dirs]
     for p in run_dirs:
         if not p.is_dir():

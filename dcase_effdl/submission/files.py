@@ -173,6 +173,8 @@ def write_meta_yaml(
     system: overrides for `system.description` fields (keys of DESCRIPTION_DEFAULTS).
     authors: the template's author records; without them the single author is a placeholder
     (corresponding) built from the label's lastname and institute, to be edited before submitting.
+    external_datasets: the template's records (name, url, total_audio_length in minutes); none is
+    written as [] (the official 2020 checker iterates the list and crashes on null).
     """
     path = Path(path)
     parts = label.split("_")
@@ -226,7 +228,7 @@ def write_meta_yaml(
                 "total_parameters_non_zero": int(size["n_nonzero"]),
                 "model_size": round(float(size["size_kb"]), 2),  # KB = 1024 B
             },
-            "external_datasets": external_datasets,
+            "external_datasets": list(external_datasets or []),  # [] for none: the official checker iterates it
             "source_code": source_code,
         },
         "results": {

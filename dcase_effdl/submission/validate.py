@@ -2,14 +2,16 @@
 
     dcase-effdl validate PACKAGE [--dataset DIR]
 
-PACKAGE is a zip file or a folder holding `task1/<label>/<label>.output.csv` and
-`<label>.meta.yaml` (up to four systems); a folder of one system works too. The checks mirror
-toni-heittola/dcase2020_task1_submission_validator (labels, file names, required meta fields,
-numeric complexity and results, output header, field count, scene labels, parseable probabilities,
-unique files, file count) and add what the task rules say but that checker left out: probabilities in
-[0, 1] that sum to 1 per row, scene_label = the most probable class, exactly the expected set of
-files, the 500 KB model size limit. Every problem is reported with its file and line; nothing stops
-at the first one.
+PACKAGE is a zip file whose files lie under one top folder (`ROOT/task1/<label>/<label>.output.csv`
+and `<label>.meta.yaml`, up to four systems), or a folder holding `task1/<label>/...` (optionally
+under one top folder). The checks mirror toni-heittola/dcase2020_task1_submission_validator (labels,
+file names, required meta fields, numeric complexity and results, output header, field count, scene
+labels, parseable probabilities, unique files, file count) and refuse whatever that checker crashes
+on (a zip without its top folder, `external_datasets: null`, a blank line in an output), and add what
+the task rules say but that checker left out: the header's column order, probabilities in [0, 1]
+that sum to 1 per row, scene_label = the most probable class, exactly the expected set of files, the
+500 KB model size limit. Every problem is reported with its file and line; nothing stops at the
+first one. tests/test_official_rules.py lists the official checker's rules with their lines.
 
 Expected files: the 2020 3Class evaluation set (`audio/0.wav` ... `audio/8639.wav`) by default, or
 the test split (`evaluation_setup/fold1_test.csv`) of the dataset given with `--dataset`.
@@ -22,7 +24,6 @@ YAML reader) and names that could point outside the package are refused: one lin
 from __future__ import annotations
 
 import csv
-import io
 import math
 import re
 import zipfile
@@ -261,6 +262,7 @@ def _read_zip(path: Path, n_files: int, report: Report) -> dict[str, bytes | Non
         if declared > total_limit:
             raise _refuse(str(path), f"the entries would unpack to {declared:,} bytes, more than the {total_limit:,} "
                                      "a package may have")
+        _check_official_paths(str(path), [n for n, info in zip(names, infos) if not info.is_dir()], report)
         # Then the bytes, counted as they come out: the limits hold even where a header lies.
         # (zipfile stops at the size the header gives and then finds the CRC wrong; the count does
         # not rely on that.)
@@ -293,6 +295,26 @@ def _read_zip(path: Path, n_files: int, report: Report) -> dict[str, bytes | Non
                 continue
             files[name] = b"".join(chunks) if keep else None
     return files
+
+
+def _check_official_paths(package: str, names: list[str], report: Report) -> None:
+    """Zip members the official 2020 checker stops on, clutter included.
+
+    It takes every file whose name contains 'task1' and no '.pdf' (main.py:159), reads the label from
+    the third folder of its path, ROOT/task1/<label>/ (main.py:160-161), and the task from that
+    label's third '_' part (main.py:161, 164-170): a member without the top folder, or under another
+    one (macOS's __MACOSX/ROOT/task1/...), ends it with an IndexError or KeyError.
+    """
+    for name in names:
+        if "task1" not in name or ".pdf" in name:
+            continue
+        folders = PurePosixPath(name).parent.parts
+        if len(folders) < 3:
+            report.add(package, None, f"'{name}': a zip's files must lie under one top folder (ROOT/task1/<label>/...): "
+                                      "the official 2020 checker reads the label from the third folder and crashes without it")
+        elif len(folders[2].split("_")) < 3 or folders[2].split("_")[2] not in ("task1a", "task1b"):
+            report.add(package, None, f"'{name}': the official 2020 checker crashes on this file (its third folder "
+                                      f"'{folders[2]}' is no task1b label); remove it from the zip")
 
 
 def _read_folder(path: Path, n_files: int, report: Report) -> dict[str, bytes | None]:
@@ -552,16 +574,18 @@ def check_meta(name: str, data: bytes, report: Report) -> dict | None:
                     int(float(comp["total_parameters_non_zero"])) > int(float(comp["total_parameters"])):
                 report.add(name, line("system", "complexity", "total_parameters_non_zero"),
                            "system.complexity.total_parameters_non_zero is larger than total_parameters")
-        external = system.get("external_datasets")
-        if external is not None:
-            if not isinstance(external, list):
-                report.add(name, line("system", "external_datasets"), "system.external_datasets must be a list (or null)")
-            else:
-                for i, item in enumerate(external):
-                    if not isinstance(item, dict):
-                        report.add(name, line("system", "external_datasets", i), f"system.external_datasets[{i}] must be a mapping")
-                    else:
-                        require(item, EXTERNAL_DATASET_FIELDS, ("system", "external_datasets", i))
+        external = system.get("external_datasets", [])
+        if external is None:  # the official checker iterates it (validators.py:236) and stops on null
+            report.add(name, line("system", "external_datasets"),
+                       "system.external_datasets is null: write [] for none (the official 2020 checker crashes on null)")
+        elif not isinstance(external, list):
+            report.add(name, line("system", "external_datasets"), "system.external_datasets must be a list ([] for none)")
+        else:
+            for i, item in enumerate(external):
+                if not isinstance(item, dict):
+                    report.add(name, line("system", "external_datasets", i), f"system.external_datasets[{i}] must be a mapping")
+                else:
+                    require(item, EXTERNAL_DATASET_FIELDS, ("system", "external_datasets", i))
 
     # results
     results = block(meta, "results", ("results",))
@@ -615,9 +639,7 @@ def check_output(name: str, data: bytes, expected: list[str], report: Report, hi
     if text.startswith("\ufeff"):
         report.add(name, 1, "starts with a byte order mark (BOM); write plain UTF-8")
         text = text[1:]
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()  # a trailing newline (or blank lines) at the end is fine
+    lines = text.splitlines()  # a final newline ends the last row; a blank line after it is an empty line
     if not lines:
         report.add(name, None, "empty file: expected a header and one row per file")
         return 0
@@ -639,7 +661,7 @@ def check_output(name: str, data: bytes, expected: list[str], report: Report, hi
     for i in range(start, len(lines)):
         lineno = i + 1
         raw = lines[i]
-        if not raw.strip():
+        if not raw.strip():  # the official checker reads an empty row's filename and crashes (validators.py:74)
             report.add(name, lineno, "empty line")
             continue
         n_rows += 1

@@ -79,6 +79,28 @@ def setup(device: str = "auto") -> Context:
     return ctx
 
 
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module to train: under torchrun DistributedDataParallel (SyncBatchNorm on CUDA), else `model`."""
+    if not current().active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """SyncBatchNorm layers (multi-GPU training) back to BatchNorm2d with the same state, in place."""
+    if isinstance(module, torch.nn.SyncBatchNorm):
+        bn = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        bn.load_state_dict(module.state_dict())
+        return bn.to(next(module.buffers()).device) if list(module.buffers()) else bn
+    for name, child in module.named_children():
+        setattr(module, name, unwrap(child))
+    return module
+
+
 def teardown() -> None:
     """Leave the process group (after training: the later stages run on rank 0 alone)."""
     if dist.is_available() and dist.is_initialized():

@@ -1,4 +1,4 @@
-"""Optimisers, learning-rate schedules (warm-up, cosine, warm restarts, linear decay) and SWA.
+"""Optimisers, learning-rate schedules (warm-up, cosine, warm restarts, linear decay), SWA and batch-norm re-estimation.
 
 The learning rate is a pure function of the optimisation step (`lr_factor`), applied every
 mini-batch through `torch.optim.lr_scheduler.LambdaLR`, so a scheduler's state is one integer and
@@ -17,6 +17,7 @@ import math
 from typing import Callable, Iterable
 
 import torch
+import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel
 
 SCHEDULES = ("constant", "cosine", "warm_restarts", "linear")
@@ -97,8 +98,8 @@ class SWA:
     """Stochastic weight averaging (Izmailov et al. 2018) via torch.optim.swa_utils.
 
     From epoch `start_epoch` on, every `every` epochs the weights are added to an equal-weight
-    running average; `finish(model, batches)` recomputes batch-norm statistics for the averaged
-    weights on training batches (torch.optim.swa_utils.update_bn) and copies them into `model`.
+    running average; `finish(model, batches)` copies them into `model` and recomputes its batch-norm
+    statistics on training batches (`reestimate_batchnorm`).
     """
 
     def __init__(self, model: torch.nn.Module, start_epoch: int, every: int = 1):
@@ -127,10 +128,37 @@ class SWA:
         if self.n_averaged == 0:
             return
         model.load_state_dict(self.averaged.module.state_dict())
-        torch.optim.swa_utils.update_bn(list(batches), model)
+        reestimate_batchnorm(model, batches)
 
     def state_dict(self) -> dict:
         return self.averaged.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.averaged.load_state_dict(state)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Set every batch norm's running mean/var to the average over `batches` (other layers in eval mode,
+    so dropout does not shake the statistics); returns the number of batch-norm layers updated.
+
+    Batches of one example are skipped (a batch norm cannot normalise a single value per channel).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    was_training = model.training
+    model.eval()
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all batches
+        bn.train()
+    device = next(model.parameters()).device
+    for x in batches:
+        if len(x) > 1:
+            model(x.to(device))
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    model.train(was_training)
+    return len(bns)
