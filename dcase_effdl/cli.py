@@ -2,7 +2,7 @@
 
     dcase-effdl make-dataset data/quickstart --clips-per-class 100 --seed 0
     dcase-effdl make-dataset data/quickstart-eval --evaluation-of data/quickstart
-    dcase-effdl run recipes/quickstart.yaml [--data DIR] [--out RUNDIR] [--set train.epochs=2]
+    dcase-effdl run recipes/quickstart.yaml [--data DIR] [--out RUNDIR] [--set train.epochs=2] [--seeds 0 1 2]
     dcase-effdl evaluate runs/quickstart --data DIR [--json]
     dcase-effdl size dcase2020_baseline|RUNDIR [--policy dcase2020] [--json]
     dcase-effdl reproduce dcase2020_task1b [--format md|text|json]
@@ -40,7 +40,12 @@ def cmd_make_dataset(args) -> int:
 
 def cmd_run(args) -> int:
     from dcase_effdl.pipeline import run
+    from dcase_effdl.seeds import run_seeds
 
+    if args.seeds is not None:
+        run_seeds(args.recipe, args.seeds, data=args.data, out=args.out, overrides=args.set, resume=args.resume,
+                  restart=args.restart)
+        return 0
     run(args.recipe, data=args.data, out=args.out, overrides=args.set, resume=args.resume, restart=args.restart)
     return 0
 
@@ -207,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--resume", action="store_true", help="continue an interrupted training from <run>/train/last.pt")
     again.add_argument("--restart", action="store_true", help="train an interrupted run again from epoch 1 "
                        "(the old train/last.pt is kept as last.pt.bak)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="N", help="run once per training seed into <run>-seed<N>/, "
+                   "then print mean +- std per variant and write <run>-seeds.csv")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", help="evaluate a finished run on fold1_evaluate of another dataset")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,12 +16,12 @@ def run_cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "dcase_effdl", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
-def run_tiny_quickstart(work, epochs=2):
-    """The quickstart recipe on 8 generated clips per class, into runs/q under `work`."""
+def run_tiny_quickstart(work, epochs=2, *more):
+    """The quickstart recipe on 8 generated clips per class, into runs/q under `work` (`more`: further arguments)."""
     return run_cli(
         "run", str(REPO / "recipes" / "quickstart.yaml"), "--out", "runs/q",
         "--set", f"train.epochs={epochs}", "--set", "dataset.root=data/tiny",
-        "--set", "dataset.synthetic.clips_per_class=8", "--set", "cache_dir=cache",
+        "--set", "dataset.synthetic.clips_per_class=8", "--set", "cache_dir=cache", *more,
         cwd=work,
     )
 
@@ -150,3 +151,40 @@ def test_bad_audio_stops_with_one_line_naming_the_file(tmp_path, damage, reason)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert victim.name in last and reason in last and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_seeds_give_one_run_folder_per_seed_and_the_spread(tmp_path):
+    proc = run_tiny_quickstart(tmp_path, 1, "--seeds", "0", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("[data] generating") == 1  # one dataset for every seed
+    runs = tmp_path / "runs"
+    metrics = {}
+    for seed in (0, 1):
+        run_dir = runs / f"q-seed{seed}"
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == seed
+        assert (run_dir / "leaderboard.csv").is_file()
+        metrics[seed] = {v: json.loads((run_dir / v / "metrics.json").read_text()) for v in ("float32", "float16")}
+    rows = {r["Variant"]: r for r in csv.DictReader(open(runs / "q-seeds.csv"))}
+    assert set(rows) == {"float32", "float16"}
+    for variant, row in rows.items():
+        a0, a1 = (metrics[s][variant]["accuracy"] for s in (0, 1))
+        assert float(row["Accuracy mean (%)"]) == pytest.approx((a0 + a1) / 2, abs=0.005)
+        assert float(row["Accuracy std (pp)"]) == pytest.approx(abs(a0 - a1) / 2**0.5, abs=0.005)  # n - 1
+        assert (row["Seeds (n)"], row["Seeds"]) == ("2", "0 1")
+        assert row["Accuracy per seed (%)"] == f"{a0:.2f} {a1:.2f}"
+        assert f"{variant}  macro accuracy {(a0 + a1) / 2:.1f} +- " in proc.stdout
+    assert "over 2 seeds (mean +- sample std):" in proc.stdout
+
+    spread = (runs / "q-seeds.csv").read_text()
+    again = run_tiny_quickstart(tmp_path, 1, "--seeds", "0", "1")  # finished seeds are reused, not retrained
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("[train] reusing") == 2
+    assert (runs / "q-seeds.csv").read_text() == spread
+
+
+def test_repeated_seed_is_one_line_before_any_work(tmp_path):
+    proc = run_tiny_quickstart(tmp_path, 1, "--seeds", "1", "1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --seeds: seed 1 given twice; each seed is one run"
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()

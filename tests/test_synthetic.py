@@ -70,6 +70,27 @@ def test_larger_dataset_has_several_cities_scenes_and_about_30_percent_evaluate(
         assert abs(n_eval / len(clips) - 0.3) <= 0.05, label
 
 
+def test_every_scene_gets_its_share_of_the_evaluate_fold(tmp_path):
+    # Evaluate locations are spread over the scenes, so the test mix (and the accuracy on it) does
+    # not depend on which locations a data seed happens to pick.
+    for seed in (0, 1):
+        ds = load_dataset(make_dataset(tmp_path / f"d{seed}", clips_per_class=60, seed=seed, duration=0.1, sample_rate=16000))
+        evaluate = {c.identifier for c in ds.fold("evaluate")}
+        for label, scenes in SCENES.items():
+            locations = {c.identifier: c.scene10 for c in ds.clips if c.scene_label == label}
+            n_eval = sum(key in evaluate for key in locations)
+            for scene in scenes:
+                mine = [key for key, s in locations.items() if s == scene]
+                share = n_eval * len(mine) / len(locations)
+                assert abs(sum(key in evaluate for key in mine) - share) <= 1.0, (seed, scene)
+
+
+def test_files_do_not_depend_on_the_number_of_threads(small, tmp_path):
+    one = make_dataset(tmp_path / "one", clips_per_class=10, seed=3, duration=1.0, sample_rate=16000, workers=1)
+    three = make_dataset(tmp_path / "three", clips_per_class=10, seed=3, duration=1.0, sample_rate=16000, workers=3)
+    assert _digest(one) == _digest(three) == _digest(small)
+
+
 def test_audio_files_have_the_requested_format(tmp_path):
     root = make_dataset(tmp_path / "d", clips_per_class=2, seed=1, duration=0.5, sample_rate=48000, channels=2, subtype="PCM_24")
     ds = load_dataset(root)
@@ -102,8 +123,10 @@ def test_same_seed_same_bytes_other_seed_other_bytes(small, tmp_path):
 
 def test_classes_are_learnable_across_locations(tmp_path):
     # Proxy for "a CNN can learn it": logistic regression on mean/std of 16 log bands, trained on
-    # the train fold, must beat chance (33 %) on the unseen locations of the evaluate fold. On
-    # 300 clips of 10 s at 48 kHz the same kind of proxy gets ~70-80 % (never 100 %).
+    # the train fold, must reach well above chance (33 %) on the unseen locations of the evaluate
+    # fold without being perfect (the data is a test of the method, not a giveaway). This set
+    # gives 75.0 % (data seeds 1, 2, 3: 75.0, 70.8, 66.7 %, i.e. 16-18 of 24 clips); on the
+    # quickstart's 300 clips of 10 s at 48 kHz the same kind of proxy gets 81-88 %.
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -127,7 +150,7 @@ def test_classes_are_learnable_across_locations(tmp_path):
     y = ds.labels(evaluate)
     predicted = model.predict([features(c) for c in evaluate])
     macro = np.mean([np.mean(predicted[y == k] == k) for k in range(3)])
-    assert macro >= 0.45
+    assert 0.6 <= macro <= 0.92
 
 
 def test_existing_dataset_is_kept_and_interrupted_one_regenerated(tmp_path):

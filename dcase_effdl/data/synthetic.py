@@ -5,6 +5,9 @@ audio/<scene>-<city>-<location>-<segment>-a.wav for the ten TAU scenes (three cl
 recording location has its own random acoustics (levels, EQ tilt, reverb, engine and hum f0s) and
 the classes share sounds (babble, traffic, announcements, rumble), so a small CNN learns something
 real but does not reach 100 %: the data exists to test the pipeline end to end, not to claim scores.
+Locations hold two clips each, so 300 clips come from 150 locations: a classifier sees enough of
+them to learn to ignore what is particular to one (with five clips per location the quickstart's
+test accuracy over training seeds ranged from 52 % to 77 %).
 
 Sounds are composed at 16 kHz (everything below 8 kHz), then one FFT stage applies the location's
 EQ tilt and room reverb, resamples to the file rate and fills 8-24 kHz with a location-specific air
@@ -17,6 +20,7 @@ import json
 import math
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,28 +33,31 @@ SCENES = {
     "transportation": ("bus", "metro", "tram"),
 }
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "paris")
-CLIPS_PER_LOCATION = 5  # TAU has ~28; fewer per location gives more locations, i.e. more variety
+# TAU has ~28. Fewer per location gives more locations, i.e. more variety: with 5, the quickstart's
+# 60 validation clips came from 12 locations and its accuracy jumped by 8 pp whenever one flipped.
+CLIPS_PER_LOCATION = 2
 EVALUATE_FRACTION = 0.3
 INTERNAL_RATE = 16000  # Hz; sounds are composed here, content above 8 kHz is added in the FFT stage
 MARKER = "synthetic.json"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # Per scene: component -> (probability that a location has it, mean level in dB). Shared
 # components (babble, traffic, announcements, rumble, impacts) make the classes overlap.
 _SCENE_SOUNDS: dict[str, dict[str, tuple[float, float]]] = {
-    "airport": {"babble": (0.95, 0), "hum": (0.85, -4), "announce": (0.5, -5), "impacts": (0.6, -8), "rumble": (0.2, -12), "engine": (0.1, -14)},
-    "shopping_mall": {"babble": (0.95, 0), "hum": (0.8, -5), "impacts": (0.7, -6), "announce": (0.2, -8), "traffic": (0.05, -14)},
-    "metro_station": {"babble": (0.8, -2), "hum": (0.7, -5), "announce": (0.6, -4), "rumble": (0.5, -6), "rail": (0.35, -8), "engine": (0.1, -12), "impacts": (0.5, -8)},
-    "park": {"wind": (0.8, -2), "birds": (0.9, -2), "babble": (0.25, -10), "traffic": (0.3, -12), "impacts": (0.2, -12)},
+    "airport": {"babble": (1.0, 0), "hum": (0.85, -4), "announce": (0.6, -5), "impacts": (0.6, -8), "rumble": (0.2, -12), "engine": (0.1, -14)},
+    "shopping_mall": {"babble": (1.0, 0), "hum": (0.9, -5), "impacts": (0.7, -6), "announce": (0.2, -8), "traffic": (0.05, -14)},
+    "metro_station": {"babble": (0.8, -2), "hum": (0.7, -5), "announce": (0.7, -4), "rumble": (0.5, -6), "rail": (0.35, -8), "engine": (0.1, -12), "impacts": (0.5, -8)},
+    "park": {"wind": (0.85, -2), "birds": (1.0, -2), "babble": (0.25, -10), "traffic": (0.3, -12), "impacts": (0.2, -12)},
     "public_square": {"babble": (0.6, -5), "traffic": (0.5, -6), "birds": (0.5, -6), "wind": (0.5, -5), "impacts": (0.5, -8)},
-    "street_pedestrian": {"babble": (0.6, -5), "traffic": (0.7, -3), "impacts": (0.6, -6), "wind": (0.4, -6), "birds": (0.25, -10)},
-    "street_traffic": {"traffic": (0.95, 0), "engine": (0.3, -8), "wind": (0.4, -6), "babble": (0.2, -12), "impacts": (0.2, -10)},
-    "bus": {"engine": (0.95, 0), "rumble": (0.8, -3), "babble": (0.35, -9), "announce": (0.25, -8), "traffic": (0.2, -12), "impacts": (0.3, -10)},
-    "metro": {"rumble": (0.95, 0), "rail": (0.8, -3), "announce": (0.5, -5), "babble": (0.3, -9), "hum": (0.3, -10), "engine": (0.2, -10)},
-    "tram": {"rumble": (0.85, -2), "rail": (0.7, -4), "engine": (0.5, -4), "announce": (0.35, -6), "babble": (0.3, -9), "traffic": (0.25, -10)},
+    "street_pedestrian": {"babble": (0.6, -5), "traffic": (0.8, -3), "impacts": (0.6, -6), "wind": (0.4, -6), "birds": (0.25, -10)},
+    "street_traffic": {"traffic": (1.0, 0), "engine": (0.3, -8), "wind": (0.4, -6), "babble": (0.2, -12), "impacts": (0.2, -10)},
+    "bus": {"engine": (1.0, 0), "rumble": (0.9, -3), "babble": (0.35, -10), "announce": (0.25, -8), "traffic": (0.2, -12), "impacts": (0.3, -10)},
+    "metro": {"rumble": (1.0, 0), "rail": (0.9, -3), "announce": (0.5, -5), "babble": (0.3, -10), "hum": (0.3, -10), "engine": (0.2, -10)},
+    "tram": {"rumble": (0.9, -2), "rail": (0.8, -4), "engine": (0.5, -4), "announce": (0.35, -6), "babble": (0.3, -10), "traffic": (0.25, -10)},
 }
-# Room reverb per class: (RT60 range in s, wet gain range); the ranges overlap on purpose.
-_REVERB = {"indoor": ((0.7, 2.4), (0.5, 1.5)), "transportation": ((0.2, 0.7), (0.2, 0.6)), "outdoor": ((0.05, 0.4), (0.0, 0.2))}
+# Room reverb per class: (RT60 range in s, wet gain range). Vehicles and open air overlap; indoor
+# halls are the reverberant ones (in version 2 their ranges overlapped the vehicles' too).
+_REVERB = {"indoor": ((0.8, 2.4), (0.6, 1.5)), "transportation": ((0.2, 0.6), (0.2, 0.5)), "outdoor": ((0.05, 0.3), (0.0, 0.15))}
 
 
 # ---------------------------------------------------------------- signal building blocks
@@ -293,10 +300,14 @@ def _location_params(seed: int, location: int, scene: str, label: str, city_inde
     """Random acoustics of one recording location (fixed for all its clips)."""
     rng = np.random.default_rng([seed, 1, location])
     city = np.random.default_rng([seed, 3, city_index])  # cities differ a little in EQ and background
+    # Spreads of what is particular to a location (level, EQ tilt, background and air noise, sound
+    # levels): in version 2 the locations made 55-96 % of the variance of a clip's mean log-mel per
+    # band of the quickstart features, the class 0-43 % (28 % on average); narrowed to these
+    # ranges, 47-85 % and 8-50 % (40 %): the location still dominates, but a CNN can see past it.
     sounds = {}
     for name, (prob, level_db) in _SCENE_SOUNDS[scene].items():
         if rng.random() < prob:
-            sounds[name] = level_db + rng.normal(0.0, 3.0)
+            sounds[name] = level_db + rng.normal(0.0, 2.0)
     if not sounds:  # a location always has at least its main sound
         name = max(_SCENE_SOUNDS[scene], key=lambda k: _SCENE_SOUNDS[scene][k][0])
         sounds[name] = _SCENE_SOUNDS[scene][name][1]
@@ -304,12 +315,12 @@ def _location_params(seed: int, location: int, scene: str, label: str, city_inde
     return {
         "room_seed": [seed, 4, location],
         "sounds": sounds,
-        "background_db": rng.uniform(-16.0, -4.0),
+        "background_db": rng.uniform(-20.0, -10.0),
         "background_fc": rng.uniform(150.0, 800.0),
-        "tilt_db_per_octave": rng.normal(0.0, 0.8) + city.normal(0.0, 0.5),
-        "air_slope": rng.uniform(0.5, 3.0),
-        "air_db": rng.uniform(-12.0, 0.0),
-        "level_dbfs": rng.uniform(-34.0, -18.0),
+        "tilt_db_per_octave": rng.normal(0.0, 0.4) + city.normal(0.0, 0.3),
+        "air_slope": rng.uniform(1.0, 2.5),
+        "air_db": rng.uniform(-9.0, -3.0),
+        "level_dbfs": rng.uniform(-30.0, -22.0),
         "rt60": rng.uniform(rt_lo, rt_hi),
         "wet": rng.uniform(wet_lo, wet_hi),
         "talkers": int(rng.integers(2, 9)),
@@ -448,8 +459,13 @@ def _plan(clips_per_class: int, seed: int) -> list[dict]:
         n_loc = min(clips_per_class, max(3, round(clips_per_class / CLIPS_PER_LOCATION)))
         sizes = [len(a) for a in np.array_split(np.arange(clips_per_class), n_loc)]
         n_eval = min(n_loc - 1, max(1, round(EVALUATE_FRACTION * n_loc)))
-        evaluate = set(rng.choice(n_loc, size=n_eval, replace=False).tolist())
         first_scene = int(rng.integers(len(scenes)))
+        # Evaluate locations evenly spaced through the locations grouped by scene (shuffled within a
+        # scene): every scene gets its share of the evaluate fold, so the test mix of scenes, and with
+        # it the accuracy, does not depend on the data seed's luck.
+        by_scene = [rng.permutation(np.arange(k, n_loc, len(scenes))) for k in range(len(scenes))]
+        grouped = np.concatenate(by_scene)
+        evaluate = {int(grouped[int((j + 0.5) * n_loc / n_eval)]) for j in range(n_eval)}
         for i, size in enumerate(sizes):
             scene = scenes[(first_scene + i) % len(scenes)]
             city_index = int(rng.integers(len(CITIES)))
@@ -529,13 +545,15 @@ def make_dataset(
     sample_rate: int = 48000,
     channels: int = 1,
     subtype: str = "PCM_16",
+    workers: int = 0,
 ) -> Path:
     """Write a synthetic dataset in the TAU 2020 3Class layout under `out` and return its path.
 
     `clips_per_class` clips per class (indoor / outdoor / transportation), `duration` seconds each,
-    WAV at `sample_rate` Hz with `channels` channels and soundfile `subtype`. Locations are split
-    ~70/30 into train / evaluate (test = evaluate without labels), every class on both sides.
-    The same arguments give byte-identical files. An existing complete dataset made with the same
+    WAV at `sample_rate` Hz with `channels` channels and soundfile `subtype`, rendered by `workers`
+    threads (0 = one per core). Locations are split ~70/30 into train / evaluate (test = evaluate
+    without labels), every class on both sides, each scene in proportion. The same arguments give
+    byte-identical files, whatever `workers`. An existing complete dataset made with the same
     arguments is kept as is; an interrupted or different one is regenerated; any other non-empty
     folder is refused.
     """
@@ -576,17 +594,25 @@ def make_dataset(
     by_location: dict[int, list[dict]] = {}
     for row in rows:
         by_location.setdefault(row["location"], []).append(row)
-    with tqdm(total=len(rows), desc="synthetic audio", unit="clip", disable=None) as bar:
-        for loc in sorted(by_location):
-            first = by_location[loc][0]
-            params = _location_params(int(seed), loc, first["scene"], first["label"], first["city_index"])
-            cache: dict = {}
-            for row in by_location[loc]:
-                audio = _render(params, [int(seed), 2, row["segment"]], float(duration), int(sample_rate), int(channels), cache)
-                if subtype == "PCM_16":  # our own rounding: cheaper than libsndfile's float conversion
-                    audio = np.round(audio * np.float32(32767.0)).astype(np.int16)
-                sf.write(out / row["filename"], audio, int(sample_rate), subtype=subtype, format="WAV")
-                bar.update()
+
+    def write_location(loc: int) -> int:
+        first = by_location[loc][0]
+        params = _location_params(int(seed), loc, first["scene"], first["label"], first["city_index"])
+        cache: dict = {}
+        for row in by_location[loc]:
+            audio = _render(params, [int(seed), 2, row["segment"]], float(duration), int(sample_rate), int(channels), cache)
+            if subtype == "PCM_16":  # our own rounding: cheaper than libsndfile's float conversion
+                audio = np.round(audio * np.float32(32767.0)).astype(np.int16)
+            sf.write(out / row["filename"], audio, int(sample_rate), subtype=subtype, format="WAV")
+        return len(by_location[loc])
+
+    # Threads, one location each: numpy's FFTs and soundfile release the GIL, and every clip is a
+    # function of its own seeds only, so the files are the same bytes for any number of threads.
+    workers = max(1, min(workers if workers > 0 else os.cpu_count() or 1, len(by_location)))
+    with tqdm(total=len(rows), desc="synthetic audio", unit="clip", disable=None) as bar, \
+            ThreadPoolExecutor(workers, thread_name_prefix="synthetic") as pool:
+        for n in pool.map(write_location, sorted(by_location)):
+            bar.update(n)
 
     def table(header: str, lines: list[str]) -> str:
         return header + "\n" + "".join(line + "\n" for line in lines)
