@@ -121,16 +121,21 @@ def _bad(source: str, exc: yaml.YAMLError) -> BadYAML:
     return BadYAML(source, what, problem, mark.line + 1 if mark else None, mark.column + 1 if mark else None)
 
 
-def compose(data: bytes | str, source: str, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH,
-            max_nodes: int = MAX_NODES) -> yaml.Node | None:
-    """The node graph of one YAML document (for line numbers), within the limits; raises BadYAML."""
+def _parse(get, data: bytes | str, source: str, max_bytes: int, max_depth: int, max_nodes: int):
+    """`get(loader)` on a bounded loader over `data`; any YAML problem becomes BadYAML naming `source`."""
     loader = _BoundedLoader(_text(data, source, max_bytes), max_depth, max_nodes)
     try:
-        return loader.get_single_node()
+        return get(loader)
     except yaml.YAMLError as exc:
         raise _bad(source, exc) from None
     finally:
         loader.dispose()
+
+
+def compose(data: bytes | str, source: str, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH,
+            max_nodes: int = MAX_NODES) -> yaml.Node | None:
+    """The node graph of one YAML document (for line numbers), within the limits; raises BadYAML."""
+    return _parse(yaml.SafeLoader.get_single_node, data, source, max_bytes, max_depth, max_nodes)
 
 
 def loads(data: bytes | str, source: str, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH,
@@ -139,13 +144,7 @@ def loads(data: bytes | str, source: str, *, max_bytes: int = MAX_BYTES, max_dep
 
     `source` names the input in messages (a path, or a zip member).
     """
-    loader = _BoundedLoader(_text(data, source, max_bytes), max_depth, max_nodes)
-    try:
-        return loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise _bad(source, exc) from None
-    finally:
-        loader.dispose()
+    return _parse(yaml.SafeLoader.get_single_data, data, source, max_bytes, max_depth, max_nodes)
 
 
 def read_mapping(path: str | Path, *, max_bytes: int = MAX_BYTES) -> dict:
