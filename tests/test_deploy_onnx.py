@@ -1,0 +1,115 @@
+"""Exported ONNX models (float32, float16, int8 QDQ, 1-bit) agree with their PyTorch variants on a tiny run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dcase_effdl.errors import UserError
+from dcase_effdl.rundir import RunDir
+
+ort = pytest.importorskip("onnxruntime", reason="the deploy extra is not installed (pip install -e '.[deploy]')")
+onnx = pytest.importorskip("onnx", reason="the deploy extra is not installed (pip install -e '.[deploy]')")
+pytest.importorskip("onnxscript", reason="the deploy extra is not installed (pip install -e '.[deploy]')")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The digits set (shipped with scikit-learn, 539 test images) trains a small CNN in about a second:
+# enough test clips to measure a 99 % agreement, no audio to generate.
+RECIPE = {
+    "name": "deploy_tiny", "seed": 0, "features": str(REPO / "features" / "dcase2020_baseline.yaml"),
+    "dataset": {"kind": "digits", "validation_fraction": 0.3},
+    "model": {"name": "digits_cnn", "params": {"channels": [8, 16, 16], "hidden": 16}},
+    "train": {"epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 0.003},
+    "variants": [
+        {"name": "float32", "compress": []},
+        {"name": "float16", "compress": [{"method": "float16"}]},
+        {"name": "int8", "compress": [{"method": "int8", "calibration_samples": 128}]},
+        {"name": "binary", "compress": [{"method": "binary", "scale": "fixed", "epochs": 1}]},
+    ],
+    "submission": {"lastname": "Lastname", "institute": "INST"},
+    "size_policy": "dcase2020",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from dcase_effdl.pipeline import run
+
+    root = tmp_path_factory.mktemp("deploy")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    run(recipe, out=str(root / "run"))
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run):
+    from dcase_effdl.deploy.export import export_run
+
+    lines = []
+    return export_run(tiny_run, log=lines.append), lines
+
+
+@pytest.mark.slow
+def test_every_variant_exports_and_agrees_with_pytorch(tiny_run, exported):
+    results, lines = exported
+    assert list(results) == [v["name"] for v in RECIPE["variants"]]
+    for name, info in results.items():
+        vdir = RunDir(tiny_run).variant(name)
+        assert vdir.export_info("onnx") == info == json.loads((vdir.export_dir / "export.json").read_text())["onnx"]
+        assert info["n_clips"] == 539  # 30 % of 1,797 images
+        assert info["argmax_agreement"] >= 0.99, name
+        # Float variants: the same float32 arithmetic on other kernels, so rounding differences only.
+        # int8: where a layer input lies within float rounding of a code boundary, the runtimes pick
+        # neighbouring codes (PyTorch rounds x * (1 / s) + zp, QuantizeLinear x / s, then + zp; the
+        # sums before a requantization run in another order): one step of one activation (7.6e-3 here).
+        assert info["max_prob_diff"] < (0.05 if name == "int8" else 1e-4), name
+        assert info["size_bytes"] == vdir.export_path("onnx").stat().st_size
+    assert len(lines) == 4 and "agrees with PyTorch on" in lines[0]
+
+
+def _initializer_types(path: Path) -> dict[str, int]:
+    model = onnx.load(str(path))
+    out: dict[str, int] = {}
+    for init in model.graph.initializer:
+        n = int(np.prod(init.dims)) if init.dims else 1
+        out[onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name] = out.get(
+            onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name, 0) + n
+    return out
+
+
+@pytest.mark.slow
+def test_exported_files_store_the_variants_precision(tiny_run, exported):
+    results, _ = exported
+    run = RunDir(tiny_run)
+    n_weights = run.variant("float32").size()["n_params"]  # conv/dense weights and biases (dcase2020 rule)
+    f32 = _initializer_types(run.variant("float32").export_path("onnx"))
+    f16 = _initializer_types(run.variant("float16").export_path("onnx"))
+    i8 = _initializer_types(run.variant("int8").export_path("onnx"))
+    binary = _initializer_types(run.variant("binary").export_path("onnx"))
+    assert f32.get("float16", 0) == 0 and f32["float32"] >= n_weights
+    assert f16["float16"] >= n_weights  # every weight and bias: float16 on disk
+    weights = sum(r["n_params"] for r in run.variant("int8").size()["rows"] if r["role"] == "weight")
+    assert i8["int8"] == weights  # the stored int8 codes, not float weights
+    assert binary["float16"] > 0.9 * weights  # +-1 values as float16
+    assert results["int8"]["int8_layers"] == 5 and "QDQ" in results["int8"]["storage"]  # 3 conv, 2 dense
+    assert "1-bit" in results["binary"]["storage"]
+    sizes = {name: info["size_bytes"] for name, info in results.items()}
+    # Files, not just tensors: on this 4,778-parameter CNN the graph and the float32 biases, scales and
+    # batch norms are a fixed ~5 KB (int8 11.3 KB, float32 23.3 KB measured); 1.6 MB models reach 27 %.
+    assert sizes["int8"] < 0.6 * sizes["float32"] and sizes["float16"] < 0.75 * sizes["float32"]
+
+
+def test_export_names_an_unknown_variant_and_format(tmp_path):
+    from dcase_effdl.deploy.export import export_run
+    from fake_run import make_dataset, make_run
+
+    make_dataset(tmp_path / "data")
+    run_dir = make_run(tmp_path / "run", tmp_path / "data")
+    with pytest.raises(UserError, match="no finished variant 'nope' \\(finished: float32, float16\\)"):
+        export_run(run_dir, variant="nope")
+    with pytest.raises(UserError, match="--format tflite: not a supported format"):
+        export_run(run_dir, fmt="tflite")
