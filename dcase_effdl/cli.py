@@ -8,7 +8,7 @@
     dcase-effdl reproduce dcase2020_task1b [--format md|text|json]
     dcase-effdl download tau2020-3class-development --to data [--mirror URL]
     dcase-effdl check-data DIR [--json]
-    dcase-effdl export RUNDIR [--variant NAME] [--format onnx]
+    dcase-effdl export RUNDIR [--variant NAME] [--format onnx] [--frontend]
 
 Each command is one small function; problems the user can fix print one line (no traceback
 unless --debug) and exit with status 2.
@@ -190,9 +190,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from dcase_effdl.deploy.export import export_run
+    from dcase_effdl.deploy.export import export_frontend, export_run
 
     export_run(args.run_dir, variant=args.variant, fmt=args.format)
+    if args.frontend:
+        export_frontend(args.run_dir)
     return 0
 
 
@@ -236,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--variant", help="only this variant (default: every finished one)")
     p.add_argument("--format", default="onnx", help="onnx (run by onnxruntime; needs pip install -e \".[deploy]\")")
+    p.add_argument("--frontend", action="store_true", help="also the log-mel front end (audio -> features) as "
+                   "<run>/export/frontend.onnx, checked against the training features")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("size", help="model size table for a model name or each variant of a run")

@@ -10,6 +10,7 @@
     <variant>/           model.safetensors, size.json, <label>.output.csv, <label>.meta.yaml, metrics.json
     <variant>/evaluation/  <label>.output.csv on an unlabeled evaluation set, evaluation.json (written last)
     <variant>/export/    model.onnx (`dcase-effdl export`), export.json (storage, agreement; written last)
+    export/              frontend.onnx (`dcase-effdl export --frontend`: audio -> features), frontend.json (last)
     deploy.json          per variant and runtime: file size, latency, peak RSS, MACs (benchmarks/deploy.py)
     .lock                while a run writes the folder: its pid, host and start time
 
@@ -167,6 +168,23 @@ class RunDir:
 
     def write_deploy(self, data: dict) -> None:
         write_json(self.deploy_path, data)
+
+    @property
+    def frontend_path(self) -> Path:
+        return self.path / "export" / "frontend.onnx"
+
+    def frontend_info(self) -> dict:
+        """export/frontend.json: {size_bytes, n_clips, max_db_diff, ...} of the exported front end."""
+        if not self.frontend_path.is_file():
+            raise UserError(f"{self.path}: no exported front end; run `dcase-effdl export {self.path} --frontend`")
+        return read_json(self.frontend_path.with_suffix(".json"))
+
+    def write_frontend(self, model: bytes, info: dict) -> Path:
+        """export/frontend.onnx, then frontend.json (written last: without it the export is unfinished)."""
+        self.frontend_path.with_suffix(".json").unlink(missing_ok=True)
+        atomic_write(self.frontend_path, model)
+        write_json(self.frontend_path.with_suffix(".json"), info)
+        return self.frontend_path
 
     def variants(self) -> list[VariantDir]:
         """Finished variants in the recipe's order (without config.yaml: folders in name order)."""

@@ -113,3 +113,27 @@ def test_export_names_an_unknown_variant_and_format(tmp_path):
         export_run(run_dir, variant="nope")
     with pytest.raises(UserError, match="--format tflite: not a supported format"):
         export_run(run_dir, fmt="tflite")
+
+
+@pytest.mark.parametrize("log, deltas, channels", [("natural", 0, "mono"), ("db", 1, "stereo")])
+def test_exported_front_end_gives_the_training_features(log, deltas, channels):
+    from dcase_effdl.config import FeatureConfig
+    from dcase_effdl.deploy.agreement import max_db_diff
+    from dcase_effdl.deploy.frontend import MAX_DB_DIFF, LogMelFrontEnd
+    from dcase_effdl.deploy.onnx_export import session, to_onnx
+    from dcase_effdl.features.logmel import logmel_batch, n_frames
+
+    cfg = FeatureConfig(name="short", sample_rate=16000, duration=1.0, n_fft=512, win_length=400, hop_length=160,
+                        n_mels=32, log=log, deltas=deltas, channels=channels, power=2.0 if log == "db" else 1.0)
+    rng = np.random.default_rng(0)
+    c = 1 if channels == "mono" else 2
+    t = np.arange(16000) / 16000
+    # Noise, and a quiet tone whose upper bands are near-silent (where float32 needs float64's help).
+    audio = np.stack([0.1 * rng.standard_normal((c, 16000)), np.tile(1e-4 * np.sin(2 * np.pi * 440 * t), (c, 1))])
+    audio = audio.astype(np.float32)
+    model = to_onnx(LogMelFrontEnd(cfg, n_frames(cfg)), audio.shape[1:], float16_storage=False, names=("audio", "features"))
+    out = session(model).run(["features"], {"audio": audio})[0]
+    ref = logmel_batch(audio, cfg)
+    assert out.shape == ref.shape == (2, c * (1 + deltas), 32, 101)
+    assert max_db_diff(ref, out, cfg) < MAX_DB_DIFF
+    assert max_db_diff(ref, out + 0.01, cfg) > MAX_DB_DIFF  # the measure sees a real difference

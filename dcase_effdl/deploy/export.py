@@ -46,6 +46,33 @@ def _variants(run: RunDir, name: str | None) -> list[VariantDir]:
     return chosen
 
 
+def export_frontend(run_dir: str | Path, n_clips: int = 8, log: Callable[[str], None] = print) -> dict:
+    """<run>/export/frontend.onnx (audio -> the run's features), compared with the training front end on
+    the first `n_clips` test clips; more than MAX_DB_DIFF dB apart is a UserError (the file is kept)."""
+    from dcase_effdl.deploy import onnx_export
+    from dcase_effdl.deploy.agreement import max_db_diff, run_test_audio
+    from dcase_effdl.deploy.frontend import MAX_DB_DIFF, LogMelFrontEnd
+    from dcase_effdl.features.logmel import logmel_batch, n_frames
+
+    onnx_export.require_runtime()
+    run = RunDir(run_dir)
+    feat = run.features()
+    audio, names = run_test_audio(run, n_clips)
+    model = onnx_export.to_onnx(LogMelFrontEnd(feat, n_frames(feat)), audio.shape[1:], float16_storage=False,
+                                names=("audio", "features"))
+    sess = onnx_export.session(model)
+    out = np.concatenate([sess.run(["features"], {"audio": audio[i : i + 1]})[0] for i in range(len(audio))])
+    diff = max_db_diff(logmel_batch(audio, feat), out, feat)
+    info = {"file": "frontend.onnx", "size_bytes": len(model), "input": "audio (batch, channels, samples) float32 at "
+            f"{feat.sample_rate} Hz", "output_shape": list(out.shape[1:]), "n_clips": len(names), "max_db_diff": diff}
+    path = run.write_frontend(model, info)
+    log(f"[export] front end: {path} ({len(model):,} B); features within {diff:.2e} dB of the training front end "
+        f"on {len(names)} test clips")
+    if diff > MAX_DB_DIFF:
+        raise UserError(f"{path}: exported front end is {diff:.2e} dB from the training features (limit {MAX_DB_DIFF} dB)")
+    return info
+
+
 def export_run(run_dir: str | Path, variant: str | None = None, fmt: str = "onnx",
                log: Callable[[str], None] = print) -> dict[str, dict]:
     """Export each finished variant (or `variant`) to `fmt`, compare it with PyTorch on the test fold.

@@ -75,7 +75,8 @@ def strip_metadata(model) -> None:
     model.doc_string = ""
 
 
-def to_onnx(module: nn.Module, input_shape: tuple[int, ...], *, float16_storage: bool) -> bytes:
+def to_onnx(module: nn.Module, input_shape: tuple[int, ...], *, float16_storage: bool,
+            names: tuple[str, str] = (INPUT, OUTPUT)) -> bytes:
     """The serialized ONNX model of `module` (eval mode) on float32 input (batch, *input_shape), batch dynamic."""
     import onnx
 
@@ -91,7 +92,7 @@ def to_onnx(module: nn.Module, input_shape: tuple[int, ...], *, float16_storage:
             # float32 values: a float16 variant keeps them apart (onnxruntime folds them at load).
             program = torch.onnx.export(module.eval(), (example,), dynamo=True, opset_version=OPSET, verbose=False,
                                         optimize=not float16_storage,
-                                        input_names=[INPUT], output_names=[OUTPUT],
+                                        input_names=[names[0]], output_names=[names[1]],
                                         dynamic_shapes={"x": {0: batch}} if _arg_name(module) == "x" else ({0: batch},))
         except Exception as exc:  # the exporter raises many types; the first line says which op failed
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
