@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         variant = load_variant(vdir.model_path)
         macs = count_macs(variant.module, input_shape(variant))["macs"]
         files = {"pytorch": vdir.model_path, "onnxruntime": vdir.export_path("onnx")}
-        storage = {"pytorch": "safetensors as stored (" + variant.complexity_management + ")", "onnxruntime": info["storage"]}
+        storage = {"pytorch": "variant file: " + ", ".join(sorted(variant.precisions)) + " weights",
+                   "onnxruntime": info["storage"]}
         for runtime in RUNTIMES:
             result = run_case(runtime, files[runtime], args.calls, args.threads)
             rows.append({"variant": vdir.name, "runtime": runtime, "file": str(files[runtime].relative_to(run.path)),

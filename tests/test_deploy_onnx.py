@@ -137,3 +137,42 @@ def test_exported_front_end_gives_the_training_features(log, deltas, channels):
     assert out.shape == ref.shape == (2, c * (1 + deltas), 32, 101)
     assert max_db_diff(ref, out, cfg) < MAX_DB_DIFF
     assert max_db_diff(ref, out + 0.01, cfg) > MAX_DB_DIFF  # the measure sees a real difference
+
+
+def test_missing_extra_is_one_line(monkeypatch):
+    import builtins
+
+    from dcase_effdl.deploy.onnx_export import require_runtime
+
+    real = builtins.__import__
+
+    def without_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+    with pytest.raises(UserError, match=r"needs the deploy extra \(onnxruntime not installed\): pip install -e"):
+        require_runtime()
+
+
+@pytest.mark.slow
+def test_deploy_benchmark_writes_deploy_json(tiny_run, exported, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("deploy_benchmark", REPO / "benchmarks" / "deploy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([str(tiny_run), "--variant", "float32", "--variant", "int8", "--calls", "100"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("CPU: ") and "int8         onnxruntime" in out
+    data = RunDir(tiny_run).deploy()
+    assert [(r["variant"], r["runtime"]) for r in data["rows"]] == [
+        ("float32", "pytorch"), ("float32", "onnxruntime"), ("int8", "pytorch"), ("int8", "onnxruntime")]
+    for r in data["rows"]:
+        assert r["calls"] == 100 and r["threads"] == 1
+        assert 0 < r["batch1"]["median_ms"] <= r["batch1"]["p90_ms"]
+        assert r["peak_rss_mb"] >= r["base_rss_mb"] > 0
+        assert r["macs"] == data["rows"][0]["macs"] > 0  # the same layers in every variant and runtime
+    files = {r["runtime"]: r["file_bytes"] for r in data["rows"] if r["variant"] == "int8"}
+    assert files["onnxruntime"] == RunDir(tiny_run).variant("int8").export_info("onnx")["size_bytes"]

@@ -93,7 +93,7 @@ def to_onnx(module: nn.Module, input_shape: tuple[int, ...], *, float16_storage:
             program = torch.onnx.export(module.eval(), (example,), dynamo=True, opset_version=OPSET, verbose=False,
                                         optimize=not float16_storage,
                                         input_names=[names[0]], output_names=[names[1]],
-                                        dynamic_shapes={"x": {0: batch}} if _arg_name(module) == "x" else ({0: batch},))
+                                        dynamic_shapes=({0: batch},))
         except Exception as exc:  # the exporter raises many types; the first line says which op failed
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"ONNX export failed ({type(exc).__name__}: {first})") from None
@@ -107,12 +107,6 @@ def to_onnx(module: nn.Module, input_shape: tuple[int, ...], *, float16_storage:
     buffer = io.BytesIO()
     onnx.save_model(model, buffer)
     return buffer.getvalue()
-
-
-def _arg_name(module: nn.Module) -> str:
-    import inspect
-
-    return next(iter(inspect.signature(module.forward).parameters))
 
 
 def session(model: bytes | str, threads: int = 1):
