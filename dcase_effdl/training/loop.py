@@ -236,7 +236,7 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
 
     if swa is not None and swa.n_averaged > 0:
         # The averaged weights need batch-norm statistics of their own: one pass over the training set.
-        swa.finish(model, [bundle.x_train[i] for i in sampling.shuffled_batches(len(bundle.x_train), cfg.batch_size, seed, 0)])
+        swa.finish(model, (bundle.x_train[i] for i in sampling.shuffled_batches(len(bundle.x_train), cfg.batch_size, seed, 0)))
         val_accuracy, val_loss = validate(model, bundle)
         history.swa = {"n_averaged": swa.n_averaged, "val_accuracy": val_accuracy, "val_loss": val_loss}
         history.best_epoch = epochs
