@@ -228,7 +228,7 @@ def write_variant_outputs(variant_dir: Path, label: str, variant, bundle: DataBu
     from dcase_effdl.compress.size import size_report
     from dcase_effdl.training.loop import predict
 
-    probs = predict(variant.module, bundle.x_test)
+    probs = predict(variant.module, bundle.x_test, recipe.train.batch_size)  # memory: one training batch
     metrics = compute_metrics(bundle.y_test.numpy(), probs, bundle.classes)
     size = size_report(variant, policy=recipe.size_policy)
     VariantDir(variant_dir).write_results(label, metrics, size, bundle.test_filenames, probs, bundle.classes)

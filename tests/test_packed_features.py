@@ -18,7 +18,7 @@ from dcase_effdl.errors import UserError
 from dcase_effdl.data.bundle import DataBundle, Features, even_batches, normalization_stats
 from dcase_effdl.features.cache import extract_features
 from dcase_effdl.features.packed import PACKED_DIR, PackedFeatures, open_packed, pack
-from dcase_effdl.training.loop import fit, predict
+from dcase_effdl.training.loop import fit, predict, predict_rows
 from tests.test_feature_cache import CFG, SHAPE, _clips, _write
 from tests.train_helpers import SHAPE as TINY_SHAPE
 from tests.train_helpers import all_techniques, tiny_model
@@ -141,6 +141,9 @@ def test_training_compression_and_prediction_read_a_batch_at_a_time(tmp_path):
     assert CountingPacked.largest <= 256 and CountingPacked.total >= 2 * 300  # an epoch and SWA's batch-norm pass
     probs = predict(model, bundle.x_test)
     assert probs.shape == (60, 3) and CountingPacked.largest <= 256
+    # Prediction batches are bounded in bytes: a 256-band stereo front end predicts 4 clips at a time.
+    assert predict_rows(torch.zeros(1, 1, 40, 501)) == 52 and predict_rows(torch.zeros(1, 2, 256, 431)) == 4
+    assert predict_rows(bundle.x_test) == 256
     for step in ({"method": "binary", "epochs": 0}, {"method": "int8", "calibration_samples": 280}):
         apply_steps(copy.deepcopy(model), parse_steps([step], "r"), CompressContext(size_policy="dcase2020", bundle=bundle))
     assert CountingPacked.largest <= 256

@@ -44,7 +44,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
         run_classes = vdir.metrics()["classes"]
         if labelled and list(run_classes) != list(ds.classes):
             raise UserError(f"{data}: classes {ds.classes} differ from the run's {run_classes}")
-        probs = predict(variant.module, x)
+        probs = predict(variant.module, x, recipe.train.batch_size)  # memory: one training batch
         if labelled:
             m = compute_metrics(ds.labels(clips), probs, ds.classes)
             results[vdir.name] = {k: m[k] for k in ("accuracy", "log_loss", "n_clips", "class_wise")}
