@@ -1,4 +1,4 @@
-"""int8 vs float32 CPU latency of a model, measured in one run (ratios are what to compare).
+"""int8 vs float32 (and float16) CPU latency of a model, measured in one run (ratios are what to compare).
 
     python benchmarks/int8_latency.py                      # the 2020 baseline, batch 1 and 64, 2 threads
     python benchmarks/int8_latency.py --compile            # also torch.compile'd float32 (slow to build)
@@ -85,6 +85,7 @@ def main() -> None:
     int8 = apply_steps(model, parse_steps([{"method": "int8"}], "benchmark"),
                        CompressContext(bundle=calib, model_spec=spec, size_policy="dcase2020")).module
     fair = float32_fair(model)
+    half = copy.deepcopy(model).half()  # what computing in float16 would cost (the float16 step only stores it)
 
     print(describe())
     print(f"model {args.model}, input {tuple(args.input)}")
@@ -95,6 +96,7 @@ def main() -> None:
             "float32 (eager, as trained)": model,
             "float32 (BN folded, channels-last)": lambda inp: fair(inp.contiguous(memory_format=torch.channels_last)),
             "int8 (oneDNN kernels, eager)": int8,
+            "float16 (eager, computed in float16)": lambda inp: half(inp.half()),
         }
         if args.compile:
             # freezing: weights become constants, so inductor prepacks them and fuses conv + ReLU (oneDNN)

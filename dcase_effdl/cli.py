@@ -8,6 +8,7 @@
     dcase-effdl reproduce dcase2020_task1b [--format md|text|json]
     dcase-effdl download tau2020-3class-development --to data [--mirror URL]
     dcase-effdl check-data DIR [--json]
+    dcase-effdl export RUNDIR [--variant NAME] [--format onnx] [--frontend]
 
 Each command is one small function; problems the user can fix print one line (no traceback
 unless --debug) and exit with status 2.
@@ -188,6 +189,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from dcase_effdl.deploy.export import export_frontend, export_run
+
+    export_run(args.run_dir, variant=args.variant, fmt=args.format)
+    if args.frontend:
+        export_frontend(args.run_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcase-effdl", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -223,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default: <run>/<variant>/evaluation/)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export each variant of a run to an edge runtime's format, checked against PyTorch")
+    p.add_argument("run_dir")
+    p.add_argument("--variant", help="only this variant (default: every finished one)")
+    p.add_argument("--format", default="onnx", help="onnx (run by onnxruntime; needs pip install -e \".[deploy]\")")
+    p.add_argument("--frontend", action="store_true", help="also the log-mel front end (audio -> features) as "
+                   "<run>/export/frontend.onnx, checked against the training features")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("size", help="model size table for a model name or each variant of a run")
     p.add_argument("target", help="model name (e.g. dcase2020_baseline) or run folder")

@@ -9,6 +9,9 @@
     work/                scratch of compression steps (teacher logits)
     <variant>/           model.safetensors, size.json, <label>.output.csv, <label>.meta.yaml, metrics.json
     <variant>/evaluation/  <label>.output.csv on an unlabeled evaluation set, evaluation.json (written last)
+    <variant>/export/    model.onnx (`dcase-effdl export`), export.json (storage, agreement; written last)
+    export/              frontend.onnx (`dcase-effdl export --frontend`: audio -> features), frontend.json (last)
+    deploy.json          per variant and runtime: file size, latency, peak RSS, MACs (benchmarks/deploy.py)
     .lock                while a run writes the folder: its pid, host and start time
 
 A variant is finished when its metrics.json exists (written last). Every write is atomic
@@ -149,6 +152,40 @@ class RunDir:
     def variant(self, name: str) -> VariantDir:
         return VariantDir(self.path / name)
 
+    @property
+    def deploy_path(self) -> Path:
+        return self.path / "deploy.json"
+
+    def deploy(self, optional: bool = False) -> dict | None:
+        """deploy.json: {machine, rows: [{variant, runtime, ...}]}; `optional`: None when it does not exist."""
+        if optional and not self.deploy_path.is_file():
+            return None
+        data = read_json(self.deploy_path)
+        rows = data.get("rows")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and {"variant", "runtime"} <= r.keys() for r in rows):
+            raise UserError(f"{self.deploy_path}: expected 'rows', a list of records with 'variant' and 'runtime'")
+        return data
+
+    def write_deploy(self, data: dict) -> None:
+        write_json(self.deploy_path, data)
+
+    @property
+    def frontend_path(self) -> Path:
+        return self.path / "export" / "frontend.onnx"
+
+    def frontend_info(self) -> dict:
+        """export/frontend.json: {size_bytes, n_clips, max_db_diff, ...} of the exported front end."""
+        if not self.frontend_path.is_file():
+            raise UserError(f"{self.path}: no exported front end; run `dcase-effdl export {self.path} --frontend`")
+        return read_json(self.frontend_path.with_suffix(".json"))
+
+    def write_frontend(self, model: bytes, info: dict) -> Path:
+        """export/frontend.onnx, then frontend.json (written last: without it the export is unfinished)."""
+        self.frontend_path.with_suffix(".json").unlink(missing_ok=True)
+        atomic_write(self.frontend_path, model)
+        write_json(self.frontend_path.with_suffix(".json"), info)
+        return self.frontend_path
+
     def variants(self) -> list[VariantDir]:
         """Finished variants in the recipe's order (without config.yaml: folders in name order)."""
         if not self.path.is_dir():
@@ -262,6 +299,36 @@ class VariantDir:
 
     def metrics(self) -> dict:
         return read_json(self.metrics_path)
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
+
+    def export_path(self, fmt: str) -> Path:
+        """The exported model file of format `fmt` (e.g. 'onnx' -> export/model.onnx)."""
+        return self.export_dir / f"model.{fmt}"
+
+    def export_info(self, fmt: str) -> dict:
+        """export.json's record for `fmt`: {file, size_bytes, storage, agreement, ...} (a UserError when not exported)."""
+        info_path = self.export_dir / "export.json"
+        if not info_path.is_file():
+            raise UserError(f"{self.path}: not exported (no export/export.json); run `dcase-effdl export {self.path.parent}`")
+        info = read_json(info_path).get(fmt)
+        if not isinstance(info, dict) or not self.export_path(fmt).is_file():
+            raise UserError(f"{info_path}: no {fmt} export; run `dcase-effdl export {self.path.parent} --format {fmt}`")
+        return info
+
+    def write_export(self, fmt: str, model: bytes, info: dict) -> Path:
+        """export/model.<fmt>, then its record in export.json (other formats' records are kept)."""
+        info_path = self.export_dir / "export.json"
+        records = read_json(info_path) if info_path.is_file() else {}
+        records.pop(fmt, None)  # unfinished until the record is written again
+        if info_path.is_file():
+            write_json(info_path, records)
+        path = self.export_path(fmt)
+        atomic_write(path, model)
+        write_json(info_path, {**records, fmt: info})
+        return path
 
     def size(self) -> dict:
         return read_json(self.path / "size.json")

@@ -2,8 +2,9 @@
 
 The CLI tests run `dcase-effdl validate` in a subprocess and measure its CPU time, wall time and
 peak RSS (os.wait4, that child only); the issue's bound is 2 s and 200 MB for a 1.3 MB zip bomb and
-a 1 KB alias bomb. The 2 s bound is on CPU time (user + system): wall time on a shared 2-core CI
-machine stretches with the load (at load 10 it passed 2 s), so it only has a generous bound. Before the limits, the zip bomb took 1.37 GB and the depth-7 alias bomb 12 s and 1.1 GB.
+a 1 KB alias bomb. CPU time (user + system) must stay under 2 s, and wall time under 2 s stretched
+by how overloaded the cores are (hostile.wall_bound: at load 10 on 2 cores the validator's wall time
+passed 2 s while its CPU time did not). Before the limits, the zip bomb took 1.37 GB and the depth-7 alias bomb 12 s and 1.1 GB.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dcase_effdl.submission import validate
 from dcase_effdl.submission.package import build_package
 from dcase_effdl.submission.validate import evaluation_set_files, format_report, validate_package
 from fake_run import make_dataset, make_run
-from hostile import alias_bomb, deflated_zeros, raw_zip, run_measured
+from hostile import alias_bomb, deflated_zeros, raw_zip, run_measured, wall_bound
 from test_validate import LABEL, make_package
 
 ROOT = "Doe_UNI_task1b"  # the zip's root folder, as `submit` writes it
@@ -80,7 +81,7 @@ def test_zip_bomb_is_refused_by_the_cli_within_2_s_and_200_mb(valid_members, zer
         f"error: {bomb}: '{OUTPUT}' would unpack to 1,342,177,280 bytes, over the limit of 2,212,096 for "
         "output.csv files (a zip bomb?); refused"
     ]
-    assert m.cpu_s < 2.0 and m.wall_s < 30 and m.peak_rss_mb < 200, (m.cpu_s, m.wall_s, m.peak_rss_mb)
+    assert m.cpu_s < 2.0 and m.wall_s < wall_bound(2.0) and m.peak_rss_mb < 200, (m.cpu_s, m.wall_s, m.peak_rss_mb)
 
 
 def test_header_that_lies_about_a_size_is_stopped_at_the_limit(valid_members, zeros, tmp_path):
@@ -95,7 +96,7 @@ def test_header_that_lies_about_a_size_is_stopped_at_the_limit(valid_members, ze
     assert m.rc == 1, m.output
     errors = [line for line in m.output.splitlines() if line.startswith("error:")]
     assert errors[0] == f"error: {liar}: damaged file in the zip: {OUTPUT} (Bad CRC-32 for file '{OUTPUT}')"
-    assert m.cpu_s < 2.0 and m.wall_s < 30 and m.peak_rss_mb < 200, (m.cpu_s, m.wall_s, m.peak_rss_mb)
+    assert m.cpu_s < 2.0 and m.wall_s < wall_bound(2.0) and m.peak_rss_mb < 200, (m.cpu_s, m.wall_s, m.peak_rss_mb)
 
 
 def test_too_many_entries_are_refused_before_the_table_is_read(tmp_path):
@@ -150,7 +151,7 @@ def test_alias_bomb_in_meta_yaml_is_refused_by_the_cli_within_2_s_and_200_mb(val
         "10,000 allowed (an alias bomb?)",
         f"{pkg}: 1 problem ({LABEL})",
     ]
-    assert m.cpu_s < 2.0 and m.wall_s < 30 and m.peak_rss_mb < 200, (m.cpu_s, m.wall_s, m.peak_rss_mb)
+    assert m.cpu_s < 2.0 and m.wall_s < wall_bound(2.0) and m.peak_rss_mb < 200, (m.cpu_s, m.wall_s, m.peak_rss_mb)
 
 
 # ---------------------------------------------------------------- S3: zip slip and other names

@@ -89,3 +89,20 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     red = (rgb[..., 0] > 180) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)  # the limit line and own markers
     assert red.sum() > 200
     assert np.unique(rgb.reshape(-1, 3), axis=0).shape[0] > 200  # not a flat image
+
+
+def test_run_report_shows_deploy_json(tmp_path):
+    from dcase_effdl.rundir import RunDir
+
+    make_dataset(tmp_path / "data")
+    run = make_run(tmp_path / "run", tmp_path / "data")
+    row = {"variant": "float16", "runtime": "onnxruntime", "file_bytes": 870_058, "macs": 384_012_000,
+           "batch1": {"median_ms": 21.25, "p90_ms": 30.5}, "batch64": {"median_ms": 901.0, "p90_ms": 950.0},
+           "peak_rss_mb": 612.4, "base_rss_mb": 63.0, "storage": "float16 weights, computed in float32"}
+    RunDir(run).write_deploy({"machine": {"cpu": "Test CPU", "cores": 2}, "command": "python benchmarks/deploy.py run",
+                              "rows": [row]})
+    text = write_report(run).read_text()
+    assert "<h2>Deployment</h2>" in text
+    for cell in ("onnxruntime", "849.7", "384.0", "21.25", "30.50", "901.0", "612", "float16 weights, computed in float32",
+                 "Test CPU"):
+        assert f">{cell}<" in text or cell in text, cell

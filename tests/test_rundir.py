@@ -198,3 +198,32 @@ def test_lock_leaves_no_folder_when_nothing_was_written(tmp_path):
     with RunDir(tmp_path / "kept").lock():
         pass
     assert (tmp_path / "kept").is_dir()  # not created by the lock: not removed
+
+
+def test_deploy_json_round_trip_and_checks(tmp_path):
+    from dcase_effdl.errors import UserError
+    from dcase_effdl.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    assert run.deploy(optional=True) is None
+    data = {"machine": {"cpu": "x"}, "rows": [{"variant": "int8", "runtime": "onnxruntime", "file_bytes": 1}]}
+    run.write_deploy(data)
+    assert run.deploy() == data
+    run.write_deploy({"rows": [{"variant": "int8"}]})
+    with pytest.raises(UserError, match="deploy.json: expected 'rows', a list of records with 'variant' and 'runtime'"):
+        run.deploy()
+
+
+def test_export_files_through_variant_dir(tmp_path):
+    from dcase_effdl.errors import UserError
+    from dcase_effdl.rundir import VariantDir
+
+    vdir = VariantDir(tmp_path / "int8")
+    with pytest.raises(UserError, match="not exported"):
+        vdir.export_info("onnx")
+    path = vdir.write_export("onnx", b"\x08\x01", {"size_bytes": 2})
+    assert path == tmp_path / "int8" / "export" / "model.onnx" and path.read_bytes() == b"\x08\x01"
+    assert vdir.export_info("onnx") == {"size_bytes": 2}
+    path.unlink()  # a record without its file is no export
+    with pytest.raises(UserError, match="no onnx export"):
+        vdir.export_info("onnx")

@@ -1,7 +1,8 @@
 """float16 storage: weights and biases rounded to float16 and stored as such; computed in float32.
 
-This CPU computes float16 7-20x slower than float32, so the module keeps float32 tensors holding
-float16-exact values (the variant file stores them as float16, 2 bytes each, and loading upcasts
+CPUs compute float16 convolutions no faster than float32 (benchmarks/int8_latency.py, float16 row:
+as slow as eager float32 on an AVX-512-FP16 Xeon, 2x slower than BN-folded float32), so the module
+keeps float32 tensors holding float16-exact values (the variant file stores them as float16, 2 bytes each, and loading upcasts
 them back: predictions reproduce exactly). Batch norm stays float32 (the 2020 rule does not count it).
 """
 

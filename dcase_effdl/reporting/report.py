@@ -121,6 +121,19 @@ def class_table(metrics: dict) -> str:
         f"plain accuracy {_fmt(metrics.get('plain_accuracy'), 1)} %.</p>")
 
 
+def deploy_table(deploy: dict) -> str:
+    """deploy.json (benchmarks/deploy.py) as a table: per variant and runtime, file, latency, memory, MACs."""
+    rows = [[r["variant"], r["runtime"], f"{r.get('file_bytes', 0) / KB:,.1f}", f"{r.get('macs', 0) / 1e6:,.1f}",
+             _fmt(r.get("batch1", {}).get("median_ms"), 2), _fmt(r.get("batch1", {}).get("p90_ms"), 2),
+             _fmt(r.get("batch64", {}).get("median_ms"), 1), _fmt(r.get("peak_rss_mb"), 0), r.get("storage", "")]
+            for r in deploy["rows"]]
+    table = _table(["Variant", "Runtime", "File (KB)", "MACs (M)", "Batch 1 median (ms)", "Batch 1 p90 (ms)",
+                    "Batch 64 median (ms)", "Peak RSS (MB)", "Stored as"], rows, numeric={2, 3, 4, 5, 6, 7})
+    m = deploy.get("machine") or {}
+    return (f'<div class="table-wrap">{table}</div><p class="note">Measured by <code>{_esc(deploy.get("command"))}</code> '
+            f"on {_esc(m.get('cpu'))} ({_esc(m.get('cores'))} cores); one process per row.</p>")
+
+
 def _page(title: str, body: str) -> str:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
@@ -190,6 +203,9 @@ def write_report(run_dir: str | Path, published: str | None = "dcase2020_task1b"
         or "<p class=\"note\">No training history in this run folder.</p>",
         "<h2>Variants</h2>", _variant_sections(run_dir, plots),
     ]
+    deploy = RunDir(run_dir).deploy(optional=True)
+    if deploy:
+        body += ["<h2>Deployment</h2>", deploy_table(deploy)]
     path = Path(out) if out else run_dir / "report.html"
     atomic_write(path, _page(f"dcase-effdl run report: {run_dir.name}", "\n".join(body)))
     return path
