@@ -6,10 +6,11 @@
 
 The features are extracted (or read from the cache) first and are not timed. Then `train.fit` runs
 the recipe's training for a few epochs; each epoch's mini-batch loop is split into data time
-(indexing the in-memory feature tensor, augmentation, copies to the device) and compute time
-(forward, backward, optimiser step). Validation is excluded. Batches are slices of tensors already
-in memory, so there are no loader worker processes to wait for: the data share shows whether
-anything but the model's compute is on the critical path. Numbers are medians over the epochs
+(reading the batch's rows from the packed feature cache, normalising, augmentation, copies to the
+device) and compute time (forward, backward, optimiser step). Validation is excluded. Rows are read
+in the training process (positioned reads served by the page cache), so there are no loader worker
+processes to wait for: the data share shows whether anything but the model's compute is on the
+critical path. Numbers are medians over the epochs
 after the first (warm-up).
 """
 

@@ -5,7 +5,8 @@
 The stages run in order, each leaving an artifact in the run folder that the next one reads:
 
 1. data      dataset root (generated when the recipe asks for synthetic data), layout check
-2. features  log-mel cache (cache/<feature hash>/), normalisation from the training fold
+2. features  log-mel cache (cache/<feature hash>/), one packed file per split read a batch at a time,
+             normalisation statistics from the training fold
 3. train     train/best.safetensors, train/history.json (skipped when already done for this config)
 4. variants  <variant>/model.safetensors, metrics.json, size.json, <label>.output.csv, <label>.meta.yaml
 5. rows      leaderboard.csv, the printed table, plots and report.html
@@ -18,7 +19,6 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
@@ -49,25 +49,6 @@ def ensure_dataset(recipe: Recipe, root: Path) -> Path:
     return root
 
 
-def normalization_stats(x: torch.Tensor) -> dict:
-    """Per-channel, per-band mean and std over clips and frames of the training fold."""
-    mean = x.double().mean(dim=(0, 3))
-    std = x.double().std(dim=(0, 3)).clamp_min(1e-8)
-    return {"mean": mean.tolist(), "std": std.tolist()}
-
-
-def normalize(x: torch.Tensor, stats: dict) -> torch.Tensor:
-    mean = torch.tensor(stats["mean"], dtype=torch.float32)[None, :, :, None]
-    std = torch.tensor(stats["std"], dtype=torch.float32)[None, :, :, None]
-    return (x - mean) / std
-
-
-def load_split_features(store, filenames: list[str]) -> torch.Tensor:
-    if not filenames:
-        raise UserError("no clips left in a split after dropping unreadable audio")
-    return torch.from_numpy(np.asarray(store.load_many(filenames), dtype=np.float32))
-
-
 def extract(root: Path, filenames: list[str], feat: FeatureConfig, recipe: Recipe):
     from dcase_effdl.features.cache import extract_features
 
@@ -86,9 +67,16 @@ def extract(root: Path, filenames: list[str], feat: FeatureConfig, recipe: Recip
     return store, {name for name, _ in problems}
 
 
-def tau_bundle(recipe: Recipe, feat: FeatureConfig, root: Path) -> DataBundle:
-    """Features of the TAU layout at `root`: train/val split of fold1_train, test = fold1_evaluate."""
+def tau_bundle(recipe: Recipe, feat: FeatureConfig, root: Path, stats: dict | None = None) -> DataBundle:
+    """Features of the TAU layout at `root`: train/val split of fold1_train, test = fold1_evaluate.
+
+    Each split is packed into one file of the feature cache (`features.packed`) and read a batch at a
+    time; `stats` (the run's normalization.json, given to torchrun's other ranks) skips the pass that
+    computes them from the training fold.
+    """
+    from dcase_effdl.data.bundle import Features, normalization_stats
     from dcase_effdl.data.dataset import check_layout, load_dataset, validation_split
+    from dcase_effdl.features.packed import pack
 
     ds = load_dataset(root)
     check_layout(ds)
@@ -98,25 +86,25 @@ def tau_bundle(recipe: Recipe, feat: FeatureConfig, root: Path) -> DataBundle:
     log(f"[features] {len(names)} clips, definition '{feat.name}'")
     store, bad = extract(root, names, feat, recipe)
     train_clips, val_clips, test_clips = ([c for c in clips if c.filename not in bad] for clips in (train_clips, val_clips, test_clips))
+    if not train_clips or not test_clips:
+        raise UserError("no clips left in a split after dropping unreadable audio")
 
-    x_train = load_split_features(store, [c.filename for c in train_clips])
-    stats = normalization_stats(x_train)
-    x_val = load_split_features(store, [c.filename for c in val_clips]) if val_clips else x_train[:0]
-    x_test = load_split_features(store, [c.filename for c in test_clips])
+    train, val, test = (pack(store, [c.filename for c in clips]) for clips in (train_clips, val_clips, test_clips))
+    stats = stats if stats is not None else normalization_stats(train)
     return DataBundle(
         classes=list(ds.classes),
-        x_train=normalize(x_train, stats),
+        x_train=Features(train, stats),
         y_train=torch.as_tensor(ds.labels(train_clips), dtype=torch.long),
-        x_val=normalize(x_val, stats),
+        x_val=Features(val, stats),
         y_val=torch.as_tensor(ds.labels(val_clips), dtype=torch.long),
-        x_test=normalize(x_test, stats),
+        x_test=Features(test, stats),
         y_test=torch.as_tensor(ds.labels(test_clips), dtype=torch.long),
         test_filenames=[c.filename for c in test_clips],
         normalization=stats,
     )
 
 
-def prepare_data(recipe: Recipe, feat: FeatureConfig, data: str | None) -> DataBundle:
+def prepare_data(recipe: Recipe, feat: FeatureConfig, data: str | None, stats: dict | None = None) -> DataBundle:
     if recipe.dataset.kind == "digits":
         from dcase_effdl.data.digits import load_digits_bundle
 
@@ -124,7 +112,7 @@ def prepare_data(recipe: Recipe, feat: FeatureConfig, data: str | None) -> DataB
     root = Path(data if data is not None else recipe.dataset.root)
     if data is None:
         ensure_dataset(recipe, root)
-    return tau_bundle(recipe, feat, root)
+    return tau_bundle(recipe, feat, root, stats)
 
 
 # ---------------------------------------------------------------- the model
@@ -240,7 +228,7 @@ def write_variant_outputs(variant_dir: Path, label: str, variant, bundle: DataBu
     from dcase_effdl.compress.size import size_report
     from dcase_effdl.training.loop import predict
 
-    probs = predict(variant.module, bundle.x_test)
+    probs = predict(variant.module, bundle.x_test, recipe.train.batch_size)  # memory: one training batch
     metrics = compute_metrics(bundle.y_test.numpy(), probs, bundle.classes)
     size = size_report(variant, policy=recipe.size_policy)
     VariantDir(variant_dir).write_results(label, metrics, size, bundle.test_filenames, probs, bundle.classes)
@@ -319,8 +307,8 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
             RunDir(run_dir).prepare(recipe, feat, digest, data_root)
             RunDir(run_dir).write_normalization(bundle.normalization)
         ctx.barrier()
-        if not ctx.is_main:
-            bundle = prepare_data(recipe, feat, data)
+        if not ctx.is_main:  # the same packed files; the statistics rank 0 computed
+            bundle = prepare_data(recipe, feat, data, RunDir(run_dir).normalization())
         # The data's class count and shape rule (a TAU-layout dataset may have other classes than the task's).
         spec = replace(plan.spec, n_classes=bundle.n_classes, in_channels=bundle.input_shape[0],
                        n_mels=bundle.input_shape[1], n_frames=bundle.input_shape[2])

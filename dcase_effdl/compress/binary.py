@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from dcase_effdl.compress.registry import StepConfig, register_method
 from dcase_effdl.compress.storage import require_not
 from dcase_effdl.compress.surgery import get_module, set_module, weight_layers
+from dcase_effdl.data.bundle import even_batches
 from dcase_effdl.errors import UserError
 from dcase_effdl.training.schedules import reestimate_batchnorm
 from dcase_effdl.training.loop import FineTune
@@ -183,7 +184,7 @@ def apply_binary(model: nn.Module, cfg: BinaryConfig, ctx):
     n_bn = 0
     if cfg.bn_reestimate:
         x = ctx.need_data(cfg.where, "batch-norm re-estimation").x_train
-        n_bn = reestimate_batchnorm(model, torch.tensor_split(x, max(1, math.ceil(len(x) / 256))))  # even batches
+        n_bn = reestimate_batchnorm(model, even_batches(x, max(1, math.ceil(len(x) / 256))))
     n_bits = sum(get_module(model, n).weight.numel() for n in names)
     ctx.log(f"binary: {len(names)} layers, {n_bits:,} one-bit weights ({cfg.scale} scale); {n_bn} batch-norm layers re-estimated")
     return model.eval(), {"layers": names}

@@ -55,13 +55,14 @@ def soft_targets(teacher_logits: list[torch.Tensor], temperature: float) -> torc
     return torch.stack([torch.softmax(z / temperature, dim=1) for z in teacher_logits]).mean(dim=0)
 
 
-def data_digest(*tensors: torch.Tensor) -> str:
-    """sha256 of the tensors' shapes and bytes (what the teacher outputs depend on)."""
+def data_digest(*tensors) -> str:
+    """sha256 of the tensors' shapes and bytes (what the teacher outputs depend on); tensors or `Features`,
+    read 256 rows at a time (the same digest as hashing the whole tensor: sha256 is a stream)."""
     h = hashlib.sha256()
     for t in tensors:
-        arr = t.detach().cpu().contiguous().numpy()
-        h.update(f"{arr.dtype}{arr.shape}".encode())
-        h.update(memoryview(arr).cast("B"))
+        h.update(f"{np.dtype(str(t.dtype).removeprefix('torch.'))}{tuple(t.shape)}".encode())
+        for start in range(0, len(t), 256):
+            h.update(memoryview(t[start : start + 256].detach().cpu().contiguous().numpy()).cast("B"))
     return h.hexdigest()
 
 

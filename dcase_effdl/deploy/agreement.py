@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dcase_effdl.errors import UserError
 from dcase_effdl.rundir import RunDir
@@ -45,15 +44,14 @@ def max_db_diff(reference: np.ndarray, features: np.ndarray, cfg) -> float:
     return float(np.abs(features.astype(np.float64) - reference.astype(np.float64)).max() * db_scale(cfg))
 
 
-def run_test_features(run: RunDir) -> torch.Tensor:
-    """The normalised test-fold features (N, C, F, T) float32 the run scored its variants on.
+def run_test_features(run: RunDir):
+    """The normalised test-fold features (N, C, F, T) float32 the run scored its variants on (a tensor, or
+    `data.bundle.Features` read a batch at a time).
 
     Rebuilt as the pipeline builds them: the recipe's dataset (fold1_evaluate of `dataset.root`,
-    recorded absolute in config.yaml) and feature definition, through the feature cache, normalised
-    with the run's normalization.json; the digits set from its seed.
+    recorded absolute in config.yaml) and feature definition, through the feature cache (packed),
+    normalised with the run's normalization.json; the digits set from its seed.
     """
-    from dcase_effdl.pipeline import normalize
-
     recipe = run.recipe()
     if recipe.dataset.kind == "digits":
         from dcase_effdl.data.digits import load_digits_bundle
@@ -68,8 +66,10 @@ def run_test_features(run: RunDir) -> torch.Tensor:
     names = [n for n in names if n not in bad]
     if not names:
         raise UserError(f"{root}: no readable test clip to compare the exported model on")
-    x = torch.from_numpy(np.asarray(store.load_many(names), dtype=np.float32))
-    return normalize(x, run.normalization())
+    from dcase_effdl.data.bundle import Features
+    from dcase_effdl.features.packed import pack
+
+    return Features(pack(store, names), run.normalization())
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -100,7 +100,7 @@ def export_run(run_dir: str | Path, variant: str | None = None, fmt: str = "onnx
         v = load_variant(vdir.model_path)
         module, n_int8 = portable_module(v.module)
         model = onnx_export.to_onnx(module, input_shape(v), float16_storage=bool(v.precisions & {"float16", "binary"}))
-        probs = softmax(onnx_export.run_logits(onnx_export.session(model), x.numpy()))
+        probs = softmax(onnx_export.run_logits(onnx_export.session(model), x))
         agree = agreement(predict(v.module, x), probs)
         info = {"file": f"model.{fmt}", "size_bytes": len(model), "storage": storage(v), "int8_layers": n_int8,
                 "opset": onnx_export.OPSET, "onnxruntime": onnxruntime.__version__,

@@ -121,8 +121,9 @@ def session(model: bytes | str, threads: int = 1):
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def run_logits(sess, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits (N, n_classes) float32 of float32 features x (N, C, F, T), in batches."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = [sess.run([OUTPUT], {INPUT: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+def run_logits(sess, x, batch_size: int = 256) -> np.ndarray:
+    """Logits (N, n_classes) float32 of float32 features x (N, C, F, T): an array, a tensor or packed
+    `data.bundle.Features`, read a batch at a time."""
+    out = [sess.run([OUTPUT], {INPUT: np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)})[0]
+           for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from dcase_effdl.errors import UserError
 from dcase_effdl.rundir import EvaluationDir, RunDir
 
@@ -22,10 +19,11 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     them; the result holds {n_clips, output}.
     """
     from dcase_effdl.compress import load_variant
+    from dcase_effdl.data.bundle import Features
     from dcase_effdl.data.dataset import check_layout, load_dataset
     from dcase_effdl.features.cache import extract_features
+    from dcase_effdl.features.packed import pack
     from dcase_effdl.metrics import compute_metrics
-    from dcase_effdl.pipeline import normalize
     from dcase_effdl.training.loop import predict
 
     run, data = RunDir(run_dir), Path(data)
@@ -39,14 +37,14 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     names = [c.filename for c in clips]
     store = extract_features(data, names, feat, Path(recipe.cache_dir),
                              workers=recipe.train.num_workers, on_bad_audio="stop")
-    x = normalize(torch.from_numpy(np.asarray(store.load_many(names), dtype=np.float32)), stats)
+    x = Features(pack(store, names), stats)  # read a batch at a time by `predict`
     results = {}
     for vdir in variants:
         variant = load_variant(vdir.model_path)
         run_classes = vdir.metrics()["classes"]
         if labelled and list(run_classes) != list(ds.classes):
             raise UserError(f"{data}: classes {ds.classes} differ from the run's {run_classes}")
-        probs = predict(variant.module, x)
+        probs = predict(variant.module, x, recipe.train.batch_size)  # memory: one training batch
         if labelled:
             m = compute_metrics(ds.labels(clips), probs, ds.classes)
             results[vdir.name] = {k: m[k] for k in ("accuracy", "log_loss", "n_clips", "class_wise")}

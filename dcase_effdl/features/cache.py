@@ -121,9 +121,13 @@ class FeatureStore:
             why = f"skipped: {skipped}" if skipped else "not among the extracted files"
             raise UserError(f"{filename}: no features in {self.path} ({why})") from None
 
+    def load_stored(self, filename: str) -> np.ndarray:
+        """Features of one file as stored (`storage_dtype`): (channels, n_mels, frames)."""
+        return _read_entry(self.entry_path(filename), self.cfg)
+
     def load(self, filename: str) -> np.ndarray:
         """Features of one file: float32 (channels, n_mels, frames)."""
-        return _read_entry(self.entry_path(filename), self.cfg).astype(np.float32)
+        return self.load_stored(filename).astype(np.float32)
 
     def load_many(self, filenames: Sequence[str]) -> np.ndarray:
         """Features of many files stacked: float32 (N, channels, n_mels, frames)."""

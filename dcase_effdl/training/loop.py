@@ -100,26 +100,42 @@ def batch_plan(bundle: DataBundle, cfg: TrainConfig, seed: int, epoch: int) -> l
     return sampling.shuffled_batches(len(bundle.x_train), cfg.batch_size, seed, epoch)
 
 
+# Without a batch size, prediction batches hold at most this much float32 input (and 256 rows): 52
+# clips of the 2020 baseline's 1 x 40 x 501, 4 of a 2 x 256 x 431 front end. The activations set the
+# memory, not the inputs: measured, the peak RSS of a quickstart run rose 100 MB (2.8 MB per clip,
+# 35x its input) when its test split grew from 12 to 48 clips predicted in one batch. The pipeline
+# predicts train.batch_size rows at a time: a training step already holds more for that many.
+PREDICT_BATCH_BYTES = 4 * 1024**2
+
+
+def predict_rows(x) -> int:
+    """Rows per prediction batch for inputs like `x` (a tensor or `data.bundle.Features`)."""
+    example_bytes = 4 * int(np.prod(tuple(x.shape[1:]), dtype=np.int64))
+    return int(min(256, max(1, PREDICT_BATCH_BYTES // max(example_bytes, 1))))
+
+
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits (N, n_classes) as float32 on the CPU, computed in eval mode on the model's device."""
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Logits (N, n_classes) as float32 on the CPU, computed in eval mode on the model's device, in batches
+    of `batch_size` rows (None: `predict_rows(x)`), each read from `x` only when it is reached."""
     model.eval()
     params = next(model.parameters(), None)
     device = params.device if params is not None else torch.device("cpu")
+    batch_size = batch_size or predict_rows(x)
     out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
     """Class probabilities (N, n_classes) as float64."""
     return torch.softmax(predict_logits(model, x, batch_size), dim=1).double().numpy()
 
 
-def validate(model: torch.nn.Module, bundle: DataBundle) -> tuple[float, float]:
-    """(macro accuracy %, log loss) on the validation split (NaN without one)."""
+def validate(model: torch.nn.Module, bundle: DataBundle, batch_size: int | None = None) -> tuple[float, float]:
+    """(macro accuracy %, log loss) on the validation split (NaN without one), `batch_size` rows at a time."""
     if len(bundle.x_val) == 0:
         return float("nan"), float("nan")
-    m = compute_metrics(bundle.y_val.numpy(), predict(model, bundle.x_val), bundle.classes)
+    m = compute_metrics(bundle.y_val.numpy(), predict(model, bundle.x_val, batch_size), bundle.classes)
     return m["accuracy"], m["log_loss"]
 
 
@@ -220,7 +236,7 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
         _call(tune.hooks, "on_epoch_end", epoch, model)
         if swa is not None:
             swa.update(model, epoch)
-        val_accuracy, val_loss = validate(model, bundle)
+        val_accuracy, val_loss = validate(model, bundle, cfg.batch_size)
         history.epochs.append({
             "epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val_loss, "val_accuracy": val_accuracy,
             "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
@@ -236,8 +252,8 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
 
     if swa is not None and swa.n_averaged > 0:
         # The averaged weights need batch-norm statistics of their own: one pass over the training set.
-        swa.finish(model, [bundle.x_train[i] for i in sampling.shuffled_batches(len(bundle.x_train), cfg.batch_size, seed, 0)])
-        val_accuracy, val_loss = validate(model, bundle)
+        swa.finish(model, (bundle.x_train[i] for i in sampling.shuffled_batches(len(bundle.x_train), cfg.batch_size, seed, 0)))
+        val_accuracy, val_loss = validate(model, bundle, cfg.batch_size)
         history.swa = {"n_averaged": swa.n_averaged, "val_accuracy": val_accuracy, "val_loss": val_loss}
         history.best_epoch = epochs
     elif best.restore(model) is None:

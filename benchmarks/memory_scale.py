@@ -1,0 +1,164 @@
+"""Peak RSS of `dcase-effdl run` against the number of clips, per feature definition and process count.
+
+    python benchmarks/memory_scale.py                       # N = 40 and 4N = 160 clips, 1 and 2 processes
+    python benchmarks/memory_scale.py --clips 120 --ranks 1 --definitions dcase2020_baseline
+
+Generates 10-s stereo 48 kHz clips (the TAU format) for N and 4N clips, extracts each definition's
+features once (not measured), then runs `dcase-effdl run recipes/quickstart.yaml` (1 epoch) with
+each definition (the 2020 baseline CNN, its second pool shortened for 431 frames), alone and under
+`torchrun --nproc_per_node 2`, sampling the summed RSS of the
+run's process tree every 20 ms (RSS counts a process's own pages and the file pages it maps, not
+the page cache that serves its reads). Prints bytes per clip of the slope between N and 4N and
+the extrapolation to the TAU development sets (14,400 and 23,040 clips), then the training
+throughput of packed, per-batch features against the whole split loaded in RAM (in this process,
+one epoch each, same model and seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = (14_400, 23_040)  # TAU Urban Acoustic Scenes 2020 3Class and Mobile development clips
+MB = 1024**2
+# The 2020 baseline CNN pools 100 frames in its second block; 431-frame inputs need a smaller pool.
+MODEL_SETTINGS = {"koutini_256mel_22k_stereo": ["model.params.pool_sizes=[[5, 5], [4, 10]]"]}
+
+
+def tree_rss(root_pid: int) -> int:
+    """Summed VmRSS (bytes) of `root_pid` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def peak_rss(cmd: list[str], env: dict) -> tuple[int, float]:
+    """(peak summed RSS in bytes, seconds) of running `cmd`; raises when it fails."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak, done = 0, threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss(proc.pid))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
+    return peak, time.perf_counter() - start
+
+
+def throughput(recipe_path: str, overrides: list[str], data: Path) -> tuple[float, float]:
+    """Training clips/s of one epoch on packed per-batch features and on the same split in RAM."""
+    import torch
+
+    from dcase_effdl.config import load_recipe
+    from dcase_effdl.pipeline import prepare_data, resolve
+    from dcase_effdl.training.loop import FineTune, fit
+
+    recipe, feat = load_recipe(recipe_path, overrides)
+    spec = resolve(recipe, feat, recipe_path).spec
+    bundle = prepare_data(recipe, feat, str(data))
+    torch.set_num_threads(recipe.train.threads)
+    packed = replace(bundle, x_val=bundle.x_val[:0])  # no validation: only the mini-batch loop is compared
+    in_ram = replace(packed, x_train=bundle.x_train[:])  # today's path: the whole split as one float32 tensor
+    rates = []
+    for b in (packed, in_ram):
+        torch.manual_seed(recipe.seed)
+        model = spec.build()
+        row = fit(model, b, recipe.train, seed=recipe.seed, tune=FineTune(epochs=1), desc="throughput").epochs[0]
+        rates.append(len(b.x_train) / row["train_seconds"])
+    return rates[0], rates[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clips", type=int, default=40, help="N (the second size is 4N)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--definitions", nargs="+", default=["dcase2020_baseline", "koutini_256mel_22k_stereo"])
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    args = parser.parse_args()
+
+    from dcase_effdl.config import load_recipe
+    from dcase_effdl.data.dataset import load_dataset
+    from dcase_effdl.data.synthetic import make_dataset
+    from dcase_effdl.features.cache import extract_features
+    from dcase_effdl.machine import describe
+
+    print(describe(), flush=True)
+    work = Path(tempfile.mkdtemp(prefix="memory_scale-"))
+    recipe_path = str(REPO / "recipes" / "quickstart.yaml")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(args.threads))
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    sizes = (args.clips, 4 * args.clips)
+    try:
+        roots = {}
+        for n in sizes:
+            roots[n] = make_dataset(work / f"data{n}", clips_per_class=max(1, round(n / 3)), seed=0, channels=2)
+        rows, rates = [], {}
+        for name in args.definitions:
+            common = [f"features={name}", "train.epochs=1", f"train.threads={args.threads}",
+                      f"cache_dir={work / 'cache'}", "train.device=cpu", *MODEL_SETTINGS.get(name, [])]
+            _, feat = load_recipe(recipe_path, common)
+            for n in sizes:
+                ds = load_dataset(roots[n])
+                extract_features(roots[n], [c.filename for c in ds.clips], feat, work / "cache", progress=False)
+                n_clips = len(ds.clips)
+                for ranks in args.ranks:
+                    prefix = [torchrun, "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else [sys.executable]
+                    cmd = [*prefix, "-m", "dcase_effdl", "run", recipe_path, "--data", str(roots[n]),
+                           "--out", str(work / f"run-{name}-{n}-{ranks}"), *[a for s in common for a in ("--set", s)]]
+                    peak, seconds = peak_rss(cmd, env)
+                    rows.append((name, ranks, n_clips, peak, seconds))
+                    print(f"{name:28s} {ranks} process(es) {n_clips:5d} clips: peak RSS {peak / MB:8.1f} MB "
+                          f"({seconds:.0f} s)", flush=True)
+            rates[name] = throughput(recipe_path, common, roots[sizes[1]])
+        print(f"\n{'definition':28s} {'procs':>5} {'RSS N':>9} {'RSS 4N':>9} {'slope':>12} "
+              + " ".join(f"{f'@{t:,}':>10}" for t in TARGETS))
+        for name in args.definitions:
+            for ranks in args.ranks:
+                (n0, r0), (n1, r1) = [(r[2], r[3]) for r in rows if r[0] == name and r[1] == ranks]
+                slope = (r1 - r0) / (n1 - n0)
+                fits = " ".join(f"{(r0 + slope * (t - n0)) / MB:8.0f}MB" for t in TARGETS)
+                print(f"{name:28s} {ranks:5d} {r0 / MB:7.0f}MB {r1 / MB:7.0f}MB {slope / 1024:7.1f} KB/clip {fits}")
+        print(f"\ntraining throughput, 1 epoch on {sizes[1]} generated clips' training fold ({args.threads} thread(s)):")
+        for name, (packed, ram) in rates.items():
+            print(f"  {name:28s} packed per batch {packed:7.1f} clips/s, in RAM {ram:7.1f} clips/s "
+                  f"(ratio {packed / ram:.2f})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
