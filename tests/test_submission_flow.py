@@ -89,6 +89,19 @@ def evaluated(tmp_path):
     return run, names
 
 
+def test_evaluate_does_not_write_into_a_run_folder_in_use(evaluated, tmp_path):
+    # Writing <run>/<variant>/evaluation/ takes the run folder's lock first, before any audio is read.
+    from dcase_effdl.evaluation.evaluate import evaluate_run
+    from dcase_effdl.rundir import RunDir
+
+    run, _ = evaluated
+    before = (run / "float32" / "evaluation" / "evaluation.json").read_bytes()
+    with RunDir(run).lock():
+        with pytest.raises(UserError, match=r"runs/r: in use by pid \d+ on .* \(since "):
+            evaluate_run(run, tmp_path / "eval")
+    assert (run / "float32" / "evaluation" / "evaluation.json").read_bytes() == before
+
+
 def test_submit_packages_the_evaluation_outputs(evaluated, tmp_path):
     run, names = evaluated
     pkg = build_package([run / "float32", run / "float16"], tmp_path / "sub", info=load_submission_info(TEMPLATE))

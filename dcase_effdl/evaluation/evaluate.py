@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 from dcase_effdl.errors import UserError
@@ -18,6 +20,17 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     `out/<variant>/`, by default `<run>/<variant>/evaluation/`, where `dcase-effdl submit` packages
     them; the result holds {n_clips, output}.
     """
+    run, data = RunDir(run_dir), Path(data)
+    labelled = (data / "evaluation_setup" / "fold1_evaluate.csv").is_file()
+    with contextlib.ExitStack() as stack:
+        if not labelled and out is None:  # writes <run>/<variant>/evaluation/: not while a run rewrites the folder
+            stack.enter_context(run.lock(lambda message: print(message, file=sys.stderr)))
+        recipe, feat, stats, variants = run.recipe(), run.features(), run.normalization(), run.variants()
+        return _evaluate(recipe, feat, stats, variants, data, labelled, out)
+
+
+def _evaluate(recipe, feat, stats, variants, data: Path, labelled: bool, out) -> dict:
+    """The scores or the written outputs of `evaluate_run` (see there)."""
     from dcase_effdl.compress import load_variant
     from dcase_effdl.data.bundle import Features
     from dcase_effdl.data.dataset import check_layout, load_dataset
@@ -26,10 +39,6 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path | None =
     from dcase_effdl.metrics import compute_metrics
     from dcase_effdl.training.loop import predict
 
-    run, data = RunDir(run_dir), Path(data)
-    recipe, feat, stats, variants = run.recipe(), run.features(), run.normalization(), run.variants()
-
-    labelled = (data / "evaluation_setup" / "fold1_evaluate.csv").is_file()
     fold = "evaluate" if labelled else "test"
     ds = load_dataset(data, folds=(fold,))
     check_layout(ds, folds=(fold,))
