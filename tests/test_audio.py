@@ -156,6 +156,10 @@ def test_truncated_flac(tmp_path):
     with pytest.raises(UserError) as e:
         load_audio(path, _cfg(duration=4.0))
     assert _message(e).startswith(f"{path}: cannot decode audio (")
+    # check-data's check decodes compressed files: its header alone looks complete.
+    with pytest.raises(UserError) as e:
+        check_audio(path)
+    assert _message(e).startswith(f"{path}: cannot decode audio (")
 
 
 def test_check_audio_gives_the_header(tmp_path):

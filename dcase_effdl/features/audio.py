@@ -86,6 +86,10 @@ def _bytes_per_sample(subtype: str) -> int:
 # Only float formats store sample values as written; integer PCM (WAV, FLAC, ...) decodes into [-1, 1)
 # and cannot hold NaN or inf, so only float files' samples are read by check_audio.
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+# Compressed formats whose header (frame count) says nothing of the stream behind it: a truncated
+# FLAC has a complete STREAMINFO and fails only when decoded, so check_audio decodes these fully
+# (a 10 s 16 kHz FLAC: a few ms; TAU's PCM WAVs are judged from the header and the file size).
+COMPRESSED_FORMATS = ("FLAC", "OGG", "MP3")
 # Frames per read when check_audio scans a float file: bounded memory for any length (1.5 MB stereo).
 SCAN_BLOCK_FRAMES = 1 << 16
 
@@ -111,19 +115,24 @@ def check_audio(path: str | Path) -> dict:
 
     Returns the header facts of a good file: sample_rate (Hz), channels, frames, duration (s),
     subtype, format. Raises AudioProblem (a UserError) for a missing, empty, unreadable or truncated
-    file, one without samples, and one with NaN or infinite samples. Integer files are judged from
-    the header alone; float files (FLOAT_SUBTYPES) are also read, as float32 like `load_audio` reads
-    them (a 10 s 48 kHz stereo float WAV: ~2 ms).
+    file, one without samples, and one with NaN or infinite samples. Integer WAVs are judged from
+    the header and the file size; float files (FLOAT_SUBTYPES) and compressed ones (COMPRESSED_FORMATS)
+    are also decoded, as float32 like `load_audio` reads them (a 10 s 48 kHz stereo float WAV: ~2 ms).
     """
     path = Path(path)
     with _open(path) as f:
         _check_opened(path, f)
-        if f.subtype in FLOAT_SUBTYPES:
+        if f.subtype in FLOAT_SUBTYPES or f.format in COMPRESSED_FORMATS:
+            decoded = 0
             try:
                 for block in f.blocks(blocksize=SCAN_BLOCK_FRAMES, dtype="float32", always_2d=True):
                     _check_finite(path, block)
+                    decoded += len(block)
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise _decode_error(path, exc) from None
+            if decoded != f.frames:  # a decoder that stops early without an error
+                raise AudioProblem(path, f"cannot decode audio (header says {f.frames} frames, "
+                                         f"{decoded} decoded)")
         return {
             "sample_rate": int(f.samplerate),
             "channels": int(f.channels),
