@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from dcase_effdl.config import FeatureConfig
+from dcase_effdl.features.logmel import magnitude
 
 MAX_DB_DIFF = 1e-3  # issue 15: the exported front end agrees with the training features within 1e-3 dB
 
@@ -44,15 +45,7 @@ class LogMelFrontEnd(nn.Module):
         x = audio.reshape(b * c, n).double()
         spec = torch.stft(x, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.n_fft, window=self.window,
                           center=cfg.center, pad_mode=cfg.pad_mode, normalized=False, onesided=True, return_complex=True)
-        parts = torch.view_as_real(spec)
-        power2 = parts[..., 0].square() + parts[..., 1].square()
-        if cfg.power == 1.0:
-            spec = power2.sqrt()
-        elif cfg.power == 2.0:
-            spec = power2
-        else:
-            spec = power2.pow(cfg.power / 2.0)
-        feats = torch.matmul(self.mel, spec)
+        feats = torch.matmul(self.mel, magnitude(spec, cfg.power)[0])
         if cfg.log == "natural":
             feats = torch.log(feats + cfg.log_eps)
         elif cfg.log == "db":

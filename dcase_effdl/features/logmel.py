@@ -174,6 +174,18 @@ def _delta_operator(n_frames_: int, order: int, device: torch.device, dtype: tor
 FLOAT32_MIN_BAND_RATIO = 0.01
 
 
+def magnitude(spec: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|X|**power, |X|**2) of a complex STFT, from re**2 + im**2: 3x faster than complex abs() on
+    CPU, and exact for power 2. Shared with the exported front end (deploy/frontend.py)."""
+    parts = torch.view_as_real(spec)
+    power2 = parts[..., 0].square() + parts[..., 1].square()
+    if power == 1.0:
+        return power2.sqrt(), power2
+    if power == 2.0:
+        return power2, power2
+    return power2.pow(power / 2.0), power2
+
+
 def _mel_spectrogram(x: torch.Tensor, cfg: FeatureConfig, dtype: torch.dtype):
     """(mel energies (rows, n_mels, frames) in `dtype`, bool (rows,) of rows float32 cannot represent
     within FLOAT32_MIN_BAND_RATIO, or None when `dtype` is not float32) of audio rows (rows, samples)."""
@@ -191,15 +203,7 @@ def _mel_spectrogram(x: torch.Tensor, cfg: FeatureConfig, dtype: torch.dtype):
         onesided=True,
         return_complex=True,
     )
-    # |X|**power from re**2 + im**2: 3x faster than complex abs() on CPU, and exact for power 2.
-    parts = torch.view_as_real(spec)
-    power2 = parts[..., 0].square() + parts[..., 1].square()  # (rows, bins, frames)
-    if cfg.power == 1.0:
-        spec = power2.sqrt()
-    elif cfg.power == 2.0:
-        spec = power2
-    else:
-        spec = power2.pow(cfg.power / 2.0)
+    spec, power2 = magnitude(spec, cfg.power)  # (rows, bins, frames) each
     feats = torch.matmul(mel, spec)  # (rows, n_mels, frames)
     if dtype != torch.float32:
         return feats, None
