@@ -83,21 +83,18 @@ def git_commit() -> str | None:
 
 
 def current_environment() -> dict:
-    """Versions, git commit and thread count of this process (what environment.json records)."""
+    """Versions, git commit, CPU, torch kernels and threads of this process (what environment.json records)."""
     import numpy as np
-    import torch
 
     return {
         "dcase_effdl": __version__,
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "torch": torch.__version__,
         "numpy": np.__version__,
         "librosa": metadata.version("librosa"),  # from the installed metadata: importing librosa costs seconds
         "scikit_learn": metadata.version("scikit-learn"),
-        "torch_threads": torch.get_num_threads(),
-        **{k: v for k, v in machine().items() if k not in ("torch", "torch_threads")},  # CPU model, flags, kernels
+        **machine(),  # cpu, cpu_flags, cores, torch, torch_cpu_capability, torch_threads, env
     }
 
 
