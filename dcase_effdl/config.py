@@ -322,6 +322,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # feature-extraction processes: 0 = all cores
     threads: int = 0  # torch intra-op threads: 0 = torch default
+    loader_workers: int = 1  # processes reading and augmenting training batches ahead of the step (0 = in the loop)
     # Recipe options of dcase_effdl.training.loop (techniques in augment.py, sampling.py, schedules.py).
     nesterov: bool = False  # SGD only
     schedule: typing.Literal["constant", "cosine", "warm_restarts", "linear"] = "constant"  # per mini-batch
@@ -348,7 +349,7 @@ class TrainConfig:
             ("lr", 0 < self.lr < math.inf, "a finite number > 0"),
             ("momentum", 0 <= self.momentum <= 1, "in [0, 1]"),
             ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "auto, cpu, cuda or cuda:N"),
-            *[(k, getattr(self, k) >= 0, ">= 0") for k in ("weight_decay", "num_workers", "threads", "warmup_epochs",
+            *[(k, getattr(self, k) >= 0, ">= 0") for k in ("weight_decay", "num_workers", "threads", "loader_workers", "warmup_epochs",
                                                          "decay_start_epoch", "mixup_alpha", "time_roll", "time_crop")],
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
             ("restart_epochs", self.restart_epochs > 0, "> 0"),

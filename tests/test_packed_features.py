@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -18,7 +19,9 @@ from dcase_effdl.errors import UserError
 from dcase_effdl.data.bundle import DataBundle, Features, even_batches, normalization_stats
 from dcase_effdl.features.cache import extract_features
 from dcase_effdl.features.packed import PACKED_DIR, PackedFeatures, open_packed, pack
-from dcase_effdl.training.loop import fit, predict, predict_rows
+from dcase_effdl.training import augment, sampling
+from dcase_effdl.training.feed import Feed, read_share
+from dcase_effdl.training.loop import augment_example, fit, predict, predict_rows
 from tests.test_feature_cache import CFG, SHAPE, _clips, _write
 from tests.train_helpers import SHAPE as TINY_SHAPE
 from tests.train_helpers import all_techniques, tiny_model
@@ -135,7 +138,9 @@ def test_training_compression_and_prediction_read_a_batch_at_a_time(tmp_path):
     bundle = DataBundle(["a", "b", "c"], Features(train, stats), y_train, Features(val, stats), y_val,
                         Features(test, stats), y_test, [f"{i}.wav" for i in range(60)], stats)
     CountingPacked.largest = CountingPacked.total = 0
-    cfg = all_techniques(epochs=1, batch_size=32, swa=SWAConfig(start_epoch=1, every=1))  # mixup, SWA's batch-norm pass, balanced batches: every reader of x_train
+    # mixup, SWA's batch-norm pass, balanced batches: every reader of x_train; the feed reads in this
+    # process (loader_workers=0), where the counter can see it (a worker reads the same way).
+    cfg = all_techniques(epochs=1, batch_size=32, swa=SWAConfig(start_epoch=1, every=1), loader_workers=0)
     model = tiny_model()
     fit(model, bundle, cfg, seed=0)
     assert CountingPacked.largest <= 256 and CountingPacked.total >= 2 * 300  # an epoch and SWA's batch-norm pass
@@ -148,3 +153,35 @@ def test_training_compression_and_prediction_read_a_batch_at_a_time(tmp_path):
         apply_steps(copy.deepcopy(model), parse_steps([step], "r"), CompressContext(size_policy="dcase2020", bundle=bundle))
     assert CountingPacked.largest <= 256
     assert os.path.getsize(train.path) > 256 * train.row_bytes  # the split really is larger than any read
+
+
+def test_a_rank_reads_only_its_share_and_its_partners(tmp_path):
+    """Under torchrun each rank reads the rows of its positions plus their mixup partners, and gets exactly
+    the rows one process gives those positions."""
+    (tmp_path / PACKED_DIR).mkdir()
+    train, y = _packed_split(tmp_path / PACKED_DIR, 40, 0)
+    x = Features(train, normalization_stats(train))
+    cfg = all_techniques(batch_size=16)  # mixup, SpecAugment, roll, L/R swap, balanced batches
+    plan = sampling.balanced_batches(y, 16, 0, 1)
+    kw = dict(epoch=1, seed=0, mixup_alpha=cfg.mixup_alpha, n_classes=3, augment_example=partial(augment_example, cfg=cfg))
+    smaller = 0
+    for b, idx in enumerate(plan):
+        one = read_share(x, y, idx, batch=b, rank=0, world_size=1, **kw)
+        _, partner = augment.mixup_draw(16, cfg.mixup_alpha, sampling.batch_generator(0, 1, b))
+        for rank in range(2):
+            CountingPacked.largest = CountingPacked.total = 0
+            share = read_share(x, y, idx, batch=b, rank=rank, world_size=2, **kw)
+            positions = torch.arange(rank, 16, 2)
+            needed = set(positions.tolist()) | set(partner[positions].tolist())
+            assert CountingPacked.total == len(needed)  # one read of its rows and its partners', nothing else
+            smaller += len(needed) < 16
+            # Bit-exact: each row gets the same ops with the same keyed generator whichever rank reads it,
+            # and mixing is elementwise, so no reduction order differs.
+            assert torch.equal(share.x, one.x[rank::2]) and torch.equal(share.y, one.y[rank::2])
+            assert torch.equal(share.idx, idx[rank::2]) and share.global_size == 16
+    assert smaller > 0  # the shares really are smaller than the batch
+    # A worker process gives the same batches as reading in the loop (fork: the counter stays here).
+    feeds = [Feed(x, y, lambda epoch: plan, seed=0, rank=1, world_size=2, mixup_alpha=cfg.mixup_alpha, n_classes=3,
+                  augment_example=partial(augment_example, cfg=cfg), workers=w) for w in (0, 1)]
+    in_loop, in_worker = (list(f.epoch(1)) for f in feeds)
+    assert len(in_loop) == len(plan) and all(torch.equal(a.x, b.x) and torch.equal(a.y, b.y) for a, b in zip(in_loop, in_worker))
