@@ -49,16 +49,26 @@ def test_pack_holds_the_entries_in_order_and_is_reused(store):
     assert not [p for p in packed.path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_an_edited_clip_packs_a_new_file(store, tmp_path):
+def test_an_edited_clip_packs_a_new_file_and_deletes_the_stale_one(store, tmp_path):
     root, names, st = store
-    old = pack(st, names)
+    old, other_order, fewer = pack(st, names), pack(st, names[::-1]), pack(st, names[:4])
+    old_rows = old.read([2])
+    folder = old.path.parent
+    foreign = [folder / "notes.json", folder / "notes.npy"]  # not names this module writes: never touched
+    for path in foreign:
+        path.write_text(old.path.with_suffix(".json").read_text())
     time.sleep(0.01)
     _write(root, names[2], seed=99)  # new content, new mtime: a new per-clip entry version
     st2 = extract_features(root, names, CFG, tmp_path / "cache", workers=1, progress=False)
     new = pack(st2, names)
     assert new.path != old.path
     np.testing.assert_array_equal(new.read([2])[0], st2.load_stored(names[2]))
-    assert not np.array_equal(new.read([2]), old.read([2]))
+    assert not np.array_equal(new.read([2]), old_rows)
+    # The same split's older pack is gone (array and index); other splits and orders stay until rebuilt.
+    assert not old.path.exists() and not old.path.with_suffix(".json").exists()
+    assert other_order.path.is_file() and fewer.path.is_file() and all(p.is_file() for p in foreign)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [p.name for p in foreign] + [f"{q.path.stem}{ext}" for q in (new, other_order, fewer) for ext in (".json", ".npy")])
 
 
 def test_a_damaged_or_mismatched_pack_is_rebuilt(store):
