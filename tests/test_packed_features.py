@@ -14,6 +14,7 @@ import torch
 from dcase_effdl.config import SWAConfig
 
 from dcase_effdl.compress import CompressContext, apply_steps, parse_steps
+from dcase_effdl.compress.binary import bn_rows
 from dcase_effdl.compress.distill import data_digest
 from dcase_effdl.errors import UserError
 from dcase_effdl.data.bundle import DataBundle, Features, even_batches, normalization_stats
@@ -159,6 +160,9 @@ def test_training_compression_and_prediction_read_a_batch_at_a_time(tmp_path):
     # Prediction batches are bounded in bytes: a 256-band stereo front end predicts 4 clips at a time.
     assert predict_rows(torch.zeros(1, 1, 40, 501)) == 52 and predict_rows(torch.zeros(1, 2, 256, 431)) == 4
     assert predict_rows(bundle.x_test) == 256
+    # Binary's batch-norm re-estimation likewise, by 16 MiB of input: 19 rows of 2 x 256 x 431, 209 of 1 x 40 x 501.
+    assert bn_rows(torch.zeros(1, 2, 256, 431)) == 19 and bn_rows(torch.zeros(1, 1, 40, 501)) == 209
+    assert bn_rows(bundle.x_train) == 256
     for step in ({"method": "binary", "epochs": 0}, {"method": "int8", "calibration_samples": 280}):
         apply_steps(copy.deepcopy(model), parse_steps([step], "r"), CompressContext(size_policy="dcase2020", bundle=bundle))
     assert CountingPacked.largest <= 256
