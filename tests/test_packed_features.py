@@ -199,3 +199,16 @@ def test_a_rank_reads_only_its_share_and_its_partners(tmp_path):
                   augment_example=partial(augment_example, cfg=cfg), workers=w) for w in (0, 1)]
     in_loop, in_worker = (list(f.epoch(1)) for f in feeds)
     assert len(in_loop) == len(plan) and all(torch.equal(a.x, b.x) and torch.equal(a.y, b.y) for a, b in zip(in_loop, in_worker))
+
+
+def test_a_damaged_pack_read_in_a_worker_is_one_line(tmp_path):
+    (tmp_path / PACKED_DIR).mkdir()
+    train, y = _packed_split(tmp_path / PACKED_DIR, 20, 0)
+    x = Features(train, {"mean": np.zeros(TINY_SHAPE[:2]).tolist(), "std": np.ones(TINY_SHAPE[:2]).tolist()})
+    with open(train.path, "r+b") as f:
+        f.truncate(train.offset + 5 * train.row_bytes)
+    feed = Feed(x, y, lambda epoch: [torch.arange(20)], seed=0, rank=0, world_size=1, mixup_alpha=0.0, n_classes=3,
+                augment_example=lambda row, g: row, workers=1)
+    with pytest.raises(UserError, match="shorter than its header") as caught:
+        list(feed.epoch(1))
+    assert "\n" not in str(caught.value) and "worker" not in str(caught.value)

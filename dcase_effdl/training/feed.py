@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dcase_effdl.errors import UserError
 from dcase_effdl.training import augment, sampling
 
 
@@ -70,9 +71,12 @@ class _Shares(Dataset):
     def __init__(self, x, y, **fixed):
         self.x, self.y, self.fixed = x, y, fixed
 
-    def __getitem__(self, item) -> Share:
+    def __getitem__(self, item) -> Share | UserError:
         epoch, batch, idx = item
-        return read_share(self.x, self.y, idx, batch=batch, epoch=epoch, **self.fixed)
+        try:
+            return read_share(self.x, self.y, idx, batch=batch, epoch=epoch, **self.fixed)
+        except UserError as exc:  # re-raised by Feed.epoch as it is: a worker's would carry its traceback
+            return exc
 
 
 class _Plan(Sampler):
@@ -118,4 +122,6 @@ class Feed:
             self.seconds += time.perf_counter() - start
             if share is None:
                 return
+            if isinstance(share, UserError):
+                raise share
             yield share
