@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 import time
 from functools import partial
 
@@ -43,6 +44,8 @@ def test_pack_holds_the_entries_in_order_and_is_reused(store):
     rows = [4, 0, 4, 5, 2]  # any order, repeats: one read per run of consecutive rows
     np.testing.assert_array_equal(packed.read(rows), stored[rows])  # copies of float16 bits
     np.testing.assert_array_equal(np.load(packed.path, mmap_mode="r"), stored)  # a plain .npy
+    # A spawned loader worker gets a pickled copy, without the open file handle, and opens its own.
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(packed)).read(rows), stored[rows])
     mtime = packed.path.stat().st_mtime_ns
     again = pack(st, names)
     assert again.path == packed.path and again.path.stat().st_mtime_ns == mtime  # reused, not rewritten

@@ -56,6 +56,9 @@ class PackedFeatures:
     def __len__(self) -> int:
         return len(self.names)
 
+    def __getstate__(self) -> dict:  # a loader worker started by spawn (macOS, Windows) opens its own handle
+        return {**self.__dict__, "_file": None}
+
     def _fd(self) -> int:
         if self._file is None:
             self._file = open(self.path, "rb")
