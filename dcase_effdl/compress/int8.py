@@ -7,8 +7,10 @@
 Conv2d and Linear layers become `int8_kernels.Int8Conv2d` / `Int8Linear` (int8 weight codes and
 scales, uint8 activations, oneDNN integer kernels). A batch norm that directly follows a conv is
 folded into it first and a ReLU that directly follows is fused into the kernel (the float ReLU stays
-in place: applying it twice changes nothing). The graph is read with `torch.fx` to find these
-pairs; a model fx cannot trace falls back to neighbours inside `nn.Sequential` containers.
+in place: applying it twice changes nothing); a layer that reaches the next int8 layer only through
+dropout, flatten or max-pools hands it uint8 codes, and a conv pools its codes itself. The graph is
+read with `torch.fx` to find these pairs; a model fx cannot trace falls back to neighbours inside
+`nn.Sequential` containers.
 Activation ranges come from `calibration_samples` training examples (min/max or a percentile) or,
 after QAT, from the ranges tracked while fine-tuning with fake quantization (straight-through).
 """
