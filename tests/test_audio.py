@@ -103,6 +103,20 @@ def test_resampling_16k_flac_to_48k_keeps_tone(tmp_path, method):
     assert np.argmax(spectrum) == 1000  # 1 Hz bins for a 1 s clip
 
 
+@pytest.mark.parametrize("method", ["soxr_hq", "soxr_vhq"])
+def test_stereo_resampling_is_soxr_of_the_interleaved_audio(method):
+    # resample calls soxr per channel; the result must be the bits of soxr's own stereo call.
+    import soxr
+
+    from dcase_effdl.features.audio import resample
+
+    stereo = np.ascontiguousarray(_tone(48000, 0.5, freq=440.0, channels=2).T)  # (2, samples)
+    ours = resample(stereo, 48000, 22050, method)
+    theirs = soxr.resample(stereo.T.copy(), 48000, 22050, quality="HQ" if method == "soxr_hq" else "VHQ")
+    assert ours.dtype == np.float32 and ours.shape == (2, 11025)
+    np.testing.assert_array_equal(ours, theirs.T)
+
+
 def test_pad_and_cut_to_duration(tmp_path):
     short = tmp_path / "short.wav"
     long = tmp_path / "long.wav"

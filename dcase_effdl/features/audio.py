@@ -205,9 +205,9 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int, method: str) -> np.
         import soxr
 
         quality = "HQ" if method == "soxr_hq" else "VHQ"
-        # soxr wants (samples, channels) and keeps float32 as float32.
-        out = soxr.resample(np.ascontiguousarray(audio.T), rate_in, rate_out, quality=quality)
-        return np.ascontiguousarray(out.T, dtype=np.float32)
+        # One channel at a time: the same bits as one interleaved (samples, channels) call (soxr filters
+        # channels independently; checked at 16, 22.05 and 44.1 kHz), without transposing in and out.
+        return np.stack([soxr.resample(samples, rate_in, rate_out, quality=quality) for samples in audio])
     if method == "scipy":
         from scipy.signal import resample_poly
 
