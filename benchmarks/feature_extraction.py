@@ -17,11 +17,13 @@ stereo definition (features/koutini_256mel_22k_stereo.yaml: 48 -> 22.05 kHz), ti
    fresh process (imports and the mel basis outside the timing; the header survey inside).
 3. With `--old REV`: the same with the `dcase_effdl` package of git revision REV (N = all cores).
 
-for N = 1 and N = os.cpu_count(). It also measures the physical bound on the same clips, one thread:
-audio decode alone (soundfile float32 read; and dcase_effdl's load_audio read, which converts
-integer PCM itself), resampling alone where the definition resamples (the same soxr call), and the
-STFT alone (torch.stft, float32, the same FFT sizes and channels): bound = 1 / (decode + resample +
-STFT) clips/s per core. Rounds alternate which side goes first; medians over rounds count (the
+4. bound: the physical floor on the same clips, in N one-thread processes like the reference:
+   audio decode alone (soundfile float32 read), resampling where the definition resamples (the same
+   soxr call) and the STFT alone (torch.stft, float32, the same FFT sizes and channels). Each round
+   also prints these per clip (one thread; decode also by dcase_effdl's reader, which converts
+   integer PCM itself).
+
+for N = 1 and N = os.cpu_count(). Rounds alternate which side goes first; medians over rounds count (the
 machine may be shared: the load average at start and end is printed). It prints the CPU model, its
 vector flags and torch's threads, checks that the project and the reference agree (max difference
 in dB) on computed and on stored features, and ends with one JSON line (`--json FILE` writes it too).
@@ -166,27 +168,49 @@ class Reference:
         return mel
 
 
-def _reference_worker(definition: str, paths: list[str], use_dcase_util: bool, barrier, results) -> None:
+class Bound:
+    """The physical floor for one clip: `features(path)` = decode (soundfile float32), mono mean,
+    resampling where the definition resamples (the same soxr call) and torch.stft (float32), nothing else."""
+
+    def __init__(self, cfg):
+        import torch
+
+        from dcase_effdl.features import audio, logmel
+
+        torch.set_num_threads(1)
+        self.cfg, self.torch, self.audio, self.logmel = cfg, torch, audio, logmel
+        self.window, _ = logmel._frontend_tensors(cfg, torch.device("cpu"), torch.float32)
+
+    def features(self, path: Path):
+        cfg = self.cfg
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        x = data.T.mean(axis=0, keepdims=True) if cfg.channels == "mono" else np.ascontiguousarray(data.T)
+        x = self.audio.resample(np.ascontiguousarray(x), rate, cfg.sample_rate, cfg.resample)
+        return self.logmel._stft(self.torch.from_numpy(x), cfg, self.window)
+
+
+def _worker(kind: str, definition: str, paths: list[str], use_dcase_util: bool, barrier, results) -> None:
     from dcase_effdl.config import load_features
 
-    ref = Reference(load_features(definition), use_dcase_util)
-    ref.features(Path(paths[0]))  # numba compilation and first-call costs outside the timing
+    cfg = load_features(definition)
+    side = Reference(cfg, use_dcase_util) if kind == "reference" else Bound(cfg)
+    side.features(Path(paths[0]))  # numba compilation and first-call costs outside the timing
     barrier.wait()
     start = time.perf_counter()
     for path in paths:
-        ref.features(Path(path))
+        side.features(Path(path))
     results.put(time.perf_counter() - start)
 
 
-def run_reference(definition: Path, root: Path, names: list[str], n_procs: int, use_dcase_util: bool) -> float:
-    """Wall seconds for the reference to compute every clip in `n_procs` one-thread processes."""
+def run_processes(kind: str, definition: Path, root: Path, names: list[str], n_procs: int, use_dcase_util: bool) -> float:
+    """Wall seconds for `kind` ('reference' or 'bound') to do every clip in `n_procs` one-thread processes."""
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(n_procs + 1), ctx.Queue()
     shares = [[str(root / n) for n in names[i::n_procs]] for i in range(n_procs)]
     saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
     os.environ.update(ONE_THREAD_ENV)  # inherited by the spawned processes only (this one has its threads)
     try:
-        procs = [ctx.Process(target=_reference_worker, args=(str(definition), share, use_dcase_util, barrier, results))
+        procs = [ctx.Process(target=_worker, args=(kind, str(definition), share, use_dcase_util, barrier, results))
                  for share in shares]
         for proc in procs:
             proc.start()
@@ -201,7 +225,7 @@ def run_reference(definition: Path, root: Path, names: list[str], n_procs: int, 
     for proc in procs:
         proc.join()
         if proc.exitcode != 0:
-            raise SystemExit(f"reference worker failed with exit code {proc.exitcode}")
+            raise SystemExit(f"{kind} worker failed with exit code {proc.exitcode}")
     return seconds
 
 
@@ -314,38 +338,39 @@ def bench_definition(name: str, root: Path, names: list[str], args, old_root, us
     for r in range(args.rounds):
         line = []
         for n in counts:
-            sides = [("ref", None), ("new", REPO)] + ([("old", old_root)] if old_root and n == cores else [])
+            sides = [("ref", None), ("new", REPO), ("bound", None)]
+            sides += [("old", old_root)] if old_root and n == cores else []
             for side, package in sides if r % 2 == 0 else sides[::-1]:  # alternate which goes first
-                if side == "ref":
-                    seconds = run_reference(definition, root, names, n, use_dcase_util)
+                if side in ("ref", "bound"):
+                    kind = "reference" if side == "ref" else "bound"
+                    seconds = run_processes(kind, definition, root, names, n, use_dcase_util)
                 else:
                     runs[side] = run_package(package, definition, root, names, workdir / f"cache-{side}", n)
                     seconds = runs[side]["seconds"]
                 rates.setdefault(f"{side}_{n}", []).append(len(names) / seconds)
             ratio = rates[f"new_{n}"][-1] / rates[f"ref_{n}"][-1]
             line.append(f"N={n}: {ref_label} {rates[f'ref_{n}'][-1]:.1f}, dcase_effdl {rates[f'new_{n}'][-1]:.1f} clips/s "
-                        f"({ratio:.2f}x)" + (f", {args.old} {rates[f'old_{n}'][-1]:.1f}" if f"old_{n}" in rates else ""))
+                        f"({ratio:.2f}x), bound {rates[f'bound_{n}'][-1]:.1f}"
+                        + (f", {args.old} {rates[f'old_{n}'][-1]:.1f}" if f"old_{n}" in rates else ""))
         bounds.append(measure_bound(root, names, cfg))
         b = bounds[-1]
-        print(f"  round {r + 1}: " + "; ".join(line) + f"; decode {b['decode_soundfile']:.1f} ms (soundfile) / "
-              f"{b['decode_dcase_effdl']:.1f} ms (dcase_effdl), resample {b['resample']:.1f} ms, STFT {b['stft']:.1f} ms")
+        print(f"  round {r + 1}: " + "; ".join(line) + f"; 1 thread per clip: decode {b['decode_soundfile']:.1f} ms "
+              f"(soundfile) / {b['decode_dcase_effdl']:.1f} ms (dcase_effdl), resample {b['resample']:.1f} ms, "
+              f"STFT {b['stft']:.1f} ms")
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     bound = {k: statistics.median(b[k] for b in bounds) for k in bounds[0]}
-    bound_ms = bound["decode_soundfile"] + bound["resample"] + bound["stft"]
     out = {f"{k}_clips_per_s": v for k, v in med.items()}
     out.update({f"bound_{k}_ms": v for k, v in bound.items()})
-    out["bound_clips_per_s_per_core"] = 1000.0 / bound_ms
     for n in counts:
         out[f"like_for_like_{n}"] = med[f"new_{n}"] / med[f"ref_{n}"]
-    out["of_bound_1"] = med["new_1"] / out["bound_clips_per_s_per_core"]
-    out[f"of_bound_{cores}"] = med[f"new_{cores}"] / (cores * out["bound_clips_per_s_per_core"])
+        out[f"of_bound_{n}"] = med[f"new_{n}"] / med[f"bound_{n}"]
     print(f"  median of {args.rounds}: like for like " + ", ".join(
         f"N={n} {out[f'like_for_like_{n}']:.2f}x ({med[f'new_{n}']:.1f} vs {med[f'ref_{n}']:.1f} clips/s)" for n in counts))
-    print(f"  bound (soundfile decode {bound['decode_soundfile']:.1f} + resample {bound['resample']:.1f} + STFT "
-          f"{bound['stft']:.1f} ms = {bound_ms:.1f} ms per clip and core): {out['bound_clips_per_s_per_core']:.1f} "
-          f"clips/s per core; dcase_effdl reaches {100 * out['of_bound_1']:.0f} % of it on 1 core, "
-          f"{100 * out[f'of_bound_{cores}']:.0f} % of {cores}x it on {cores}")
+    print("  bound (soundfile decode + resample + STFT alone, N one-thread processes): " + ", ".join(
+        f"N={n} {med[f'bound_{n}']:.1f} clips/s, dcase_effdl at {100 * out[f'of_bound_{n}']:.0f} % of it" for n in counts)
+        + f"; per clip: decode {bound['decode_soundfile']:.1f} + resample {bound['resample']:.1f} + STFT "
+          f"{bound['stft']:.1f} ms")
     if old_root:
         out["old_clips_per_s"] = med[f"old_{cores}"]
         out["same_stored_features_as_old"], _ = same_features(runs["new"]["entries"], runs["old"]["entries"])
