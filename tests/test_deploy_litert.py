@@ -120,11 +120,10 @@ def test_tflite_files_store_the_variants_tensors(exported):
 def test_int8_layers_take_the_codes_pytorch_computes(exported):
     """Each later int8 layer's input in LiteRT (int8 u - 128, after the 7-bit clamp) against the uint8
     codes the PyTorch variant hands it: the u -> u - 128 mapping and the clamp, tensor by tensor."""
-    from tensorflow.lite.python.interpreter import Interpreter
-
     from dcase_effdl.compress import int8_kernels as K
     from dcase_effdl.compress import load_variant
     from dcase_effdl.deploy.agreement import run_test_features
+    from dcase_effdl.deploy.litert import interpreter, make_runner
 
     run_dir, _, _ = exported
     run = RunDir(run_dir)
@@ -136,11 +135,8 @@ def test_int8_layers_take_the_codes_pytorch_computes(exported):
             m.register_forward_pre_hook(lambda mod, args, name=name: codes.__setitem__(name, args[0]))
     with torch.no_grad():
         variant.module(torch.from_numpy(x))
-    interp = Interpreter(model_path=str(run.variant("int8").export_path("tflite")), experimental_preserve_all_tensors=True)
-    interp.resize_tensor_input(0, list(x.shape))
-    interp.allocate_tensors()
-    interp.set_tensor(interp.get_input_details()[0]["index"], x)
-    interp.invoke()
+    interp = interpreter(run.variant("int8").export_path("tflite"), keep_intermediates=True)
+    make_runner(interp)(x)
     by_name = {d["name"]: d["index"] for d in interp.get_tensor_details()}
     first = variant.module.get_submodule("features.0.0")
     codes["features.0.0"] = K.quantize_input(codes["features.0.0"], float(first.input_scale),

@@ -21,8 +21,9 @@ def require_runtime() -> None:
                         "pip install -c constraints.txt -e \".[litert]\"") from None
 
 
-def interpreter(model: bytes | str, threads: int = 1):
-    """A LiteRT interpreter (XNNPACK delegate, the default CPU path) with `threads` threads, tensors allocated."""
+def interpreter(model: bytes | str, threads: int = 1, keep_intermediates: bool = False):
+    """A LiteRT interpreter (XNNPACK delegate, the default CPU path) with `threads` threads, tensors allocated;
+    `keep_intermediates`: every tensor stays readable after `invoke` (for tests, slower)."""
     import warnings
 
     with warnings.catch_warnings():  # tf.lite.Interpreter announces ai_edge_litert, not on the registry here
@@ -30,7 +31,7 @@ def interpreter(model: bytes | str, threads: int = 1):
         from tensorflow.lite.python.interpreter import Interpreter
 
         kwargs = {"model_content": model} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
-        interp = Interpreter(**kwargs, num_threads=threads)
+        interp = Interpreter(**kwargs, num_threads=threads, experimental_preserve_all_tensors=keep_intermediates)
     interp.allocate_tensors()
     return interp
 

@@ -1,11 +1,12 @@
-"""LiteRT: a variant written as a .tflite flatbuffer from its own stored tensors, and run by the LiteRT interpreter.
+"""LiteRT: a variant written as a .tflite flatbuffer from its own stored tensors (run by `deploy.litert`).
 
 Why LiteRT and this route (measured 2026-12-01 on the 2-core Xeon): executorch, ai-edge-litert and
 tflite-runtime are not on the package registry here; tensorflow-cpu 2.21.0 is (274 MB wheel, 1.3 GB
-installed, ~50 s to install with constraints.txt), keeps the pinned numpy / protobuf / ml_dtypes /
+installed; installing it with constraints.txt took 50 s on a quiet machine, 357 s here at load
+average 16), keeps the pinned numpy / protobuf / ml_dtypes /
 flatbuffers, imports in the same process as torch 2.13.0+cpu and onnxruntime 1.32.0 (about 10 s of
 CPU to import), and its `tf.lite.Interpreter` is the LiteRT runtime with the XNNPACK delegate and
-full-integer int8 kernels. TensorFlow is imported only here and in `litert` (the runtime).
+full-integer int8 kernels. TensorFlow is imported only here (its .tflite schema) and in `litert`.
 
 The file is written with the .tflite schema's object API (`schema_py_generated`), not the TF
 converter, which would re-calibrate and requantize: the file holds the variant's numbers.
@@ -19,13 +20,14 @@ converter, which would re-calibrate and requantize: the file holds the variant's
     on (`uint8_out`) outputs int8 at the next layer's input parameters, with the fused ReLU; the
     int8 step's 7-bit clamp (`reduce_range`: codes 0..127) is an int8 MINIMUM at code -1 placed
     after the max-pools that follow (max-pooling commutes with it), so the next layer sees exactly
-    the clamped codes. A layer whose output
-    is float32 in PyTorch (the last one: the logits) has no stored output scale: it DEQUANTIZEs its
+    the clamped codes (TFLite's fused activations clamp only at 0, 1 or 6). A layer whose output is
+    float32 in PyTorch (the last one: the logits) has no stored output scale: it DEQUANTIZEs its
     input codes and int8 weight codes and runs in float32, the oneDNN kernel's own arithmetic for
     that case (an int16 output there came out all zeros in TFLite 2.21's FULLY_CONNECTED, measured).
     What differs from oneDNN elsewhere: the bias is rounded to int32 (at most half a step of the
     accumulator), requantization uses TFLite's fixed-point multiplier, and QUANTIZE rounds half away
-    from zero where PyTorch rounds half to even.
+    from zero where PyTorch rounds half to even: a few codes one step apart, which later layers
+    inherit (tests/test_deploy_litert.py measures each layer's input codes).
 Pruned zeros are stored densely (TFLite's sparse tensors run on few kernels). Tensors are NHWC
 inside; the model takes (batch, C, F, T) float32 like the other runtimes (a TRANSPOSE first) and
 returns logits (batch, n_classes) float32. An op with no mapping here is refused with one line.
