@@ -78,7 +78,8 @@ def test_every_variant_exports_to_tflite_and_agrees_with_pytorch(exported):
         # same codes except where a value lies within rounding of a code boundary (int32 bias, fixed-
         # point requantization, round-half-away QUANTIZE): 1.1e-3 measured.
         assert info["max_prob_diff"] < (0.05 if name == "int8" else 1e-4), name
-    assert results["int8"]["int8_layers"] == 5 and "full-integer int8" in results["int8"]["storage"]
+    assert results["int8"]["int8_layers"] == 5
+    assert "full-integer int8" in results["int8"]["storage"] and "1 of 5 int8 layers" in results["int8"]["storage"]
     assert len(lines) == 4 and "agrees with PyTorch on" in lines[2]
 
 
@@ -171,7 +172,7 @@ def test_an_op_without_mapping_is_refused_in_one_line():
 
 def test_plain_layers_run_as_in_pytorch():
     """Padding other than 'same' (a PAD op), strides, depthwise convolution, a standalone batch norm,
-    average pooling and a residual add: each mapped op, against PyTorch on random input."""
+    average pooling, a residual add, slicing, cat and mean: each mapped op, against PyTorch on random input."""
     from dcase_effdl.deploy.litert import interpreter, run_logits
     from dcase_effdl.deploy.tflite_export import to_tflite
 
@@ -187,8 +188,10 @@ def test_plain_layers_run_as_in_pytorch():
 
         def forward(self, x):
             y = torch.relu(self.a(x))
-            y = self.bn(y + self.dw(y))
-            return self.fc(torch.flatten(self.gap(self.pool(y)), 1))
+            half = y.shape[2] // 2  # a split along frequency, as mobnet does
+            y = torch.cat([y[:, :, :half], self.dw(y[:, :, half:])], dim=2)
+            y = self.pool(self.bn(y + self.dw(y)))
+            return self.fc(torch.flatten(self.gap(y), 1)) + self.fc(y.mean(dim=(2, 3)))
 
     torch.manual_seed(0)
     net = Net().eval()

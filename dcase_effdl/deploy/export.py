@@ -25,8 +25,7 @@ def storage(variant, fmt: str = "onnx") -> str:
     parts = []
     if "int8" in formats:
         parts.append("int8 QDQ (int8 weight codes, float32 scales, uint8 activations)" if fmt == "onnx" else
-                     "full-integer int8 (int8 weight codes and activations, int32 biases; last layer float32 "
-                     "on its int8 codes)")
+                     _tflite_int8(variant))
     if "float16" in formats:
         parts.append("float16 weights, computed in float32")
     if "binary" in formats:
@@ -36,6 +35,15 @@ def storage(variant, fmt: str = "onnx") -> str:
     if any(s.method == "prune" for s in variant.steps):
         parts.append("pruned zeros stored densely")
     return "; ".join(parts)
+
+
+def _tflite_int8(variant) -> str:
+    from dcase_effdl.compress import int8_kernels as K
+
+    layers = [m for m in variant.module.modules() if isinstance(m, K._Int8Layer)]
+    n_float = sum(not m.uint8_out for m in layers)
+    return (f"full-integer int8 (int8 weight codes and activations, int32 biases); {n_float} of {len(layers)} int8 "
+            "layers (float32 output) compute in float32 on their int8 codes")
 
 
 def _variants(run: RunDir, name: str | None) -> list[VariantDir]:

@@ -166,7 +166,8 @@ class _Leaves(torch.fx.Tracer):
     """fx tracer that keeps the layers this converter maps (int8, 1-bit, code max-pool) as single calls."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (K._Int8Layer, K.CodeMaxPool2d, _BinaryWeight)) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, (K._Int8Layer, K.CodeMaxPool2d, nn.Conv2d, nn.Linear))  # subclasses too: refused by name
+                or super().is_leaf_module(m, qualname))
 
 
 class _Converter:
@@ -182,8 +183,8 @@ class _Converter:
 
     def refuse(self, what: str):
         raise UserError(f"variant '{self.name}': {what} has no TFLite mapping here (supported: Conv2d, Linear, "
-                        "BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Dropout, Flatten, add, int8 "
-                        "and 1-bit layers)")
+                        "BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Dropout, Flatten, add, cat, "
+                        "slicing, mean over F and T, int8 and 1-bit layers)")
 
     # -- small emitters
 
@@ -464,7 +465,7 @@ class _Converter:
         m = self.modules[node.target]
         if isinstance(m, K._Int8Layer):
             return self.int8_layer(node, m, v)
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if type(m) in (nn.Conv2d, nn.Linear) or isinstance(m, _BinaryWeight):
             return self.float_conv(node, m, v)
         if isinstance(m, nn.BatchNorm2d):
             if node in self.absorbed:
@@ -495,8 +496,57 @@ class _Converter:
             return self.flat(v, node)
         self.refuse(f"module '{node.target}' ({type(m).__name__})")
 
+    _AXIS = {0: 0, 1: 3, 2: 1, 3: 2}  # NCHW dimension -> NHWC axis
+
+    def slice(self, v: _Value, index) -> _Value:
+        """x[:, :, a:b] and the like (unit steps): a SLICE op."""
+        index = index if isinstance(index, tuple) else (index,)
+        if len(v.shape) != 4 or len(index) > 4 or not all(isinstance(i, slice) and i.step in (None, 1) for i in index):
+            self.refuse(f"indexing {index!r}")
+        ranges = [range(n)[i] for n, i in zip(v.shape, index)] + [range(n) for n in v.shape[len(index):]]
+        if ranges[0] != range(v.shape[0]):
+            self.refuse("slicing the batch")
+        shape = tuple(len(r) for r in ranges)
+        begin = [r.start if len(r) else 0 for r in ranges]
+        out = self.new(shape, v.q)
+        nhwc = lambda a: [a[0], a[2], a[3], a[1]]  # noqa: E731
+        self.b.op("SLICE", [v.tensor, self.b.const(np.array(nhwc(begin)), "int32"),
+                            self.b.const(np.array([-1, *nhwc(list(shape))[1:]]), "int32")], [out.tensor],
+                  version=2 if v.q else 1)
+        return replace(out, clamp=v.clamp, relu=v.relu)
+
     def call_function(self, node, args: list) -> _Value:
         target = node.target
+        if target is getattr and isinstance(args[0], _Value) and args[1] == "shape":
+            return args[0].shape  # static: the graph is built for one input shape (batch aside)
+        if target in (operator.getitem, operator.floordiv, operator.mul, operator.sub) and \
+                not any(isinstance(a, _Value) for a in args):
+            return target(*args)  # arithmetic on static sizes
+        if target is operator.getitem and isinstance(args[0], _Value):
+            return self.slice(args[0], args[1])
+        if target is torch.cat and not node.kwargs.keys() - {"dim"}:
+            values, dim = args[0], node.kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            values = [self.dequantize(v) for v in values]
+            if not values or any(len(v.shape) != 4 for v in values) or dim % 4 == 0:
+                self.refuse(f"cat along dim {dim}")
+            dim %= 4
+            shape = list(values[0].shape)
+            shape[dim] = sum(v.shape[dim] for v in values)
+            out = self.new(shape)
+            self.b.op("CONCATENATION", [v.tensor for v in values], [out.tensor],
+                      self.b.options("ConcatenationOptions", axis=self._AXIS[dim]))
+            return out
+        if node.op == "call_method" and target == "mean" and isinstance(args[0], _Value):
+            dims = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
+            keep = node.kwargs.get("keepdim", False)
+            if len(args[0].shape) != 4 or tuple(d % 4 for d in dims or ()) != (2, 3) or node.kwargs.keys() - {"dim", "keepdim"}:
+                self.refuse(f"mean over dims {dims}")
+            v = self.dequantize(args[0])
+            n, c = v.shape[:2]
+            out = self.new((n, c, 1, 1) if keep else (n, c))
+            self.b.op("MEAN", [v.tensor, self.b.const(np.array([1, 2]), "int32")], [out.tensor],
+                      self.b.options("ReducerOptions", keepDims=bool(keep)))
+            return out
         if self.is_relu(node):
             return args[0] if node in self.absorbed else self.relu(args[0])
         if target is torch.flatten or (node.op == "call_method" and target == "flatten"):
@@ -511,6 +561,17 @@ class _Converter:
             self.b.op("ADD", [a.tensor, c.tensor], [out.tensor], self.b.options("AddOptions"))
             return out
         self.refuse(f"{node.op} '{getattr(target, '__name__', target)}'")
+
+    @staticmethod
+    def lookup(env: dict, arg):
+        """An fx argument with its nodes replaced by their values (lists and tuples too)."""
+        if isinstance(arg, torch.fx.Node):
+            return env[arg]
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(_Converter.lookup(env, a) for a in arg)
+        if isinstance(arg, slice):
+            return slice(*(_Converter.lookup(env, a) for a in (arg.start, arg.stop, arg.step)))
+        return arg
 
     def convert(self, input_shape: tuple[int, int, int], description: str) -> bytes:
         b = self.b
@@ -527,7 +588,7 @@ class _Converter:
             elif node.op == "call_module":
                 env[node] = self.call_module(node, env[node.args[0]])
             elif node.op in ("call_function", "call_method"):
-                env[node] = self.call_function(node, [env.get(a, a) for a in node.args])
+                env[node] = self.call_function(node, [self.lookup(env, a) for a in node.args])
             elif node.op == "output":
                 result = env[node.args[0]]
             else:
