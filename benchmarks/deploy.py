@@ -7,8 +7,8 @@
 
 Runtimes: PyTorch eager (the variant file as `load_variant` rebuilds it: int8 layers on oneDNN
 integer kernels), onnxruntime (the exported .onnx, CPU execution provider) and LiteRT (the exported
-.tflite in TensorFlow's interpreter, XNNPACK delegate: full-integer int8 kernels for int8 variants). One thread, the way
-a small device runs it. Each case runs in its own process (`deploy.measure`), so its peak RSS is
+.tflite in TensorFlow's interpreter, XNNPACK delegate: full-integer int8 kernels for int8 variants).
+One thread, the way a small device runs it. Each case runs in its own process (`deploy.measure`), so its peak RSS is
 its own. MACs are per example, counted on the PyTorch module (`compress.macs`); the exported graphs
 compute the same layers.
 """
