@@ -1,14 +1,16 @@
 """Each variant of a run in each runtime: file size, latency at batch 1 and 64, peak RSS, MACs -> <run>/deploy.json.
 
     dcase-effdl export runs/int8                       # first: <variant>/export/model.onnx
+    dcase-effdl export runs/int8 --format tflite       # and/or model.tflite (rows for the formats exported)
     python benchmarks/deploy.py runs/int8              # 100 batch-1 calls per case, 1 thread
     python benchmarks/deploy.py runs/int8 --calls 200 --threads 1 --variant int8
 
 Runtimes: PyTorch eager (the variant file as `load_variant` rebuilds it: int8 layers on oneDNN
-integer kernels) and onnxruntime (the exported .onnx, CPU execution provider). One thread, the way
-a small device runs it. Each case runs in its own process (`deploy.measure`), so its peak RSS is
-its own. MACs are per example, counted on the PyTorch module (`compress.macs`); the ONNX graph
-computes the same layers.
+integer kernels), onnxruntime (the exported .onnx, CPU execution provider) and LiteRT (the exported
+.tflite in TensorFlow's interpreter, XNNPACK delegate: full-integer int8 kernels for int8 variants).
+One thread, the way a small device runs it. Each case runs in its own process (`deploy.measure`), so its peak RSS is
+its own. MACs are per example, counted on the PyTorch module (`compress.macs`); the exported graphs
+compute the same layers.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from dcase_effdl.errors import UserError
 from dcase_effdl.machine import describe, machine
 from dcase_effdl.rundir import RunDir
 
-RUNTIMES = ("pytorch", "onnxruntime")
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}  # exported format -> the runtime that runs it
+
+
+def exported(vdir) -> list[str]:
+    """The formats this variant was exported to (each record checked); a UserError when none."""
+    formats = [fmt for fmt in RUNTIMES if vdir.export_path(fmt).is_file()]
+    for fmt in formats or ["onnx"]:
+        vdir.export_info(fmt)
+    return formats
 
 
 def run_case(runtime: str, path, calls: int, threads: int) -> dict:
@@ -58,18 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {args.calls} calls per case (the README's table uses at least 100)")
     run = RunDir(args.run_dir)
     vdirs = [v for v in run.variants() if not args.variant or v.name in args.variant]
-    for vdir in vdirs:  # every export checked before the first measurement
-        vdir.export_info("onnx")
+    formats = {vdir.name: exported(vdir) for vdir in vdirs}  # every export checked before the first measurement
     print(describe())
     rows = []
     for vdir in vdirs:
-        info = vdir.export_info("onnx")
         variant = load_variant(vdir.model_path)
         macs = count_macs(variant.module, input_shape(variant))["macs"]
-        files = {"pytorch": vdir.model_path, "onnxruntime": vdir.export_path("onnx")}
+        files = {"pytorch": vdir.model_path, **{RUNTIMES[f]: vdir.export_path(f) for f in formats[vdir.name]}}
         storage = {"pytorch": "variant file: " + ", ".join(sorted(variant.precisions)) + " weights",
-                   "onnxruntime": info["storage"]}
-        for runtime in RUNTIMES:
+                   **{RUNTIMES[f]: vdir.export_info(f)["storage"] for f in formats[vdir.name]}}
+        for runtime in files:
             result = run_case(runtime, files[runtime], args.calls, args.threads)
             rows.append({"variant": vdir.name, "runtime": runtime, "file": str(files[runtime].relative_to(run.path)),
                          "file_bytes": files[runtime].stat().st_size, "macs": macs, "storage": storage[runtime], **result})

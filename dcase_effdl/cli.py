@@ -8,7 +8,7 @@
     dcase-effdl reproduce dcase2020_task1b [--format md|text|json]
     dcase-effdl download tau2020-3class-development --to data [--mirror URL]
     dcase-effdl check-data DIR [--json]
-    dcase-effdl export RUNDIR [--variant NAME] [--format onnx] [--frontend]
+    dcase-effdl export RUNDIR [--variant NAME] [--format onnx|tflite] [--frontend]
 
 Each command is one small function; problems the user can fix print one line (no traceback
 unless --debug) and exit with status 2.
@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export each variant of a run to an edge runtime's format, checked against PyTorch")
     p.add_argument("run_dir")
     p.add_argument("--variant", help="only this variant (default: every finished one)")
-    p.add_argument("--format", default="onnx", help="onnx (run by onnxruntime; needs pip install -e \".[deploy]\")")
+    p.add_argument("--format", default="onnx", help="onnx (run by onnxruntime; needs pip install -e \".[deploy]\") or tflite (full-integer int8 "
+                   "for int8 variants, run by LiteRT; needs \".[litert]\")")
     p.add_argument("--frontend", action="store_true", help="also the log-mel front end (audio -> features) as "
                    "<run>/export/frontend.onnx, checked against the training features")
     p.set_defaults(func=cmd_export)

@@ -111,8 +111,8 @@ def test_export_names_an_unknown_variant_and_format(tmp_path):
     run_dir = make_run(tmp_path / "run", tmp_path / "data")
     with pytest.raises(UserError, match="no finished variant 'nope' \\(finished: float32, float16\\)"):
         export_run(run_dir, variant="nope")
-    with pytest.raises(UserError, match="--format tflite: not a supported format"):
-        export_run(run_dir, fmt="tflite")
+    with pytest.raises(UserError, match="--format pte: not a supported format"):
+        export_run(run_dir, fmt="pte")
 
 
 @pytest.mark.parametrize("log, deltas, channels", [("natural", 0, "mono"), ("db", 1, "stereo")])

@@ -1,4 +1,4 @@
-"""`dcase-effdl export RUNDIR [--variant NAME] --format onnx`: each finished variant exported and checked against PyTorch."""
+"""`dcase-effdl export RUNDIR [--variant NAME] --format onnx|tflite`: each finished variant exported and checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from dcase_effdl.errors import UserError
 from dcase_effdl.rundir import RunDir, VariantDir, file_sha256
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "tflite")
 
 
 def input_shape(variant) -> tuple[int, int, int]:
@@ -19,21 +19,31 @@ def input_shape(variant) -> tuple[int, int, int]:
     return spec.in_channels, spec.n_mels, spec.n_frames
 
 
-def storage(variant) -> str:
+def storage(variant, fmt: str = "onnx") -> str:
     """What the exported file stores, in words (the deploy table's 'storage' column)."""
     formats = variant.precisions
     parts = []
     if "int8" in formats:
-        parts.append("int8 QDQ (int8 weight codes, float32 scales, uint8 activations)")
+        parts.append("int8 QDQ (int8 weight codes, float32 scales, uint8 activations)" if fmt == "onnx" else
+                     _tflite_int8(variant))
     if "float16" in formats:
         parts.append("float16 weights, computed in float32")
     if "binary" in formats:
-        parts.append("1-bit weights as dense float16 +-1 (no 1-bit type in ONNX)")
+        parts.append(f"1-bit weights as dense float16 +-1 (no 1-bit type in {'ONNX' if fmt == 'onnx' else 'TFLite'})")
     if "float32" in formats:
         parts.append("float32 weights" if len(formats) == 1 else "other weights float32")
     if any(s.method == "prune" for s in variant.steps):
         parts.append("pruned zeros stored densely")
     return "; ".join(parts)
+
+
+def _tflite_int8(variant) -> str:
+    from dcase_effdl.compress import int8_kernels as K
+
+    layers = [m for m in variant.module.modules() if isinstance(m, K._Int8Layer)]
+    n_float = sum(not m.uint8_out for m in layers)
+    return (f"full-integer int8 (int8 weight codes and activations, int32 biases); {n_float} of {len(layers)} int8 "
+            "layers (float32 output) compute in float32 on their int8 codes")
 
 
 def _variants(run: RunDir, name: str | None) -> list[VariantDir]:
@@ -73,37 +83,62 @@ def export_frontend(run_dir: str | Path, n_clips: int = 8, log: Callable[[str], 
     return info
 
 
+def _onnx(v, x) -> tuple[bytes, np.ndarray, dict]:
+    """(model.onnx bytes, its logits on x, runtime fields of export.json)."""
+    import onnxruntime
+
+    from dcase_effdl.deploy import onnx_export
+    from dcase_effdl.deploy.portable import portable_module
+
+    module, n_int8 = portable_module(v.module)
+    model = onnx_export.to_onnx(module, input_shape(v), float16_storage=bool(v.precisions & {"float16", "binary"}))
+    logits = onnx_export.run_logits(onnx_export.session(model), x)
+    return model, logits, {"int8_layers": n_int8, "opset": onnx_export.OPSET, "onnxruntime": onnxruntime.__version__}
+
+
+def _tflite(v, x, name: str) -> tuple[bytes, np.ndarray, dict]:
+    """(model.tflite bytes, its logits on x in the LiteRT interpreter, runtime fields of export.json)."""
+    from dcase_effdl.compress import int8_kernels as K
+    from dcase_effdl.deploy import litert, tflite_export
+
+    model = tflite_export.to_tflite(v.module, input_shape(v), name)
+    logits = litert.run_logits(litert.interpreter(model), x)
+    n_int8 = sum(isinstance(m, K._Int8Layer) for m in v.module.modules())
+    return model, logits, {"int8_layers": n_int8, "tensorflow": litert.runtime_version()}
+
+
+def require_runtime(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: not a supported format (supported: {', '.join(FORMATS)})")
+    if fmt == "onnx":
+        from dcase_effdl.deploy.onnx_export import require_runtime as need
+    else:
+        from dcase_effdl.deploy.litert import require_runtime as need
+    need()
+
+
 def export_run(run_dir: str | Path, variant: str | None = None, fmt: str = "onnx",
                log: Callable[[str], None] = print) -> dict[str, dict]:
     """Export each finished variant (or `variant`) to `fmt`, compare it with PyTorch on the test fold.
 
-    Writes `<variant>/export/model.onnx` and its record in `export.json` (through `rundir`); returns
+    Writes `<variant>/export/model.<fmt>` and its record in `export.json` (through `rundir`); returns
     {variant: record}. An export whose argmax agreement is under 99 % is kept for inspection and
     reported as a UserError once all variants are done.
     """
     from dcase_effdl.compress import load_variant
-    from dcase_effdl.deploy import onnx_export
     from dcase_effdl.deploy.agreement import MIN_AGREEMENT, agreement, run_test_features, softmax
-    from dcase_effdl.deploy.portable import portable_module
     from dcase_effdl.training.loop import predict
 
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: not a supported format (supported: {', '.join(FORMATS)})")
-    onnx_export.require_runtime()
+    require_runtime(fmt)
     run = RunDir(run_dir)
     vdirs = _variants(run, variant)  # before the features: a wrong name costs nothing
-    import onnxruntime
-
     x = run_test_features(run)
     results, failed = {}, []
     for vdir in vdirs:
         v = load_variant(vdir.model_path)
-        module, n_int8 = portable_module(v.module)
-        model = onnx_export.to_onnx(module, input_shape(v), float16_storage=bool(v.precisions & {"float16", "binary"}))
-        probs = softmax(onnx_export.run_logits(onnx_export.session(model), x))
-        agree = agreement(predict(v.module, x), probs)
-        info = {"file": f"model.{fmt}", "size_bytes": len(model), "storage": storage(v), "int8_layers": n_int8,
-                "opset": onnx_export.OPSET, "onnxruntime": onnxruntime.__version__,
+        model, logits, runtime = _onnx(v, x) if fmt == "onnx" else _tflite(v, x, vdir.name)
+        agree = agreement(predict(v.module, x), softmax(logits))
+        info = {"file": f"model.{fmt}", "size_bytes": len(model), "storage": storage(v, fmt), **runtime,
                 "model_sha256": file_sha256(vdir.model_path), **agree}
         path = vdir.write_export(fmt, model, info)
         log(f"[export] {vdir.name}: {path} ({len(model):,} B, {info['storage']}); agrees with PyTorch on "

@@ -2,11 +2,11 @@
 
     python -m dcase_effdl.deploy.measure RUNTIME MODEL_FILE --calls 100 --threads 1   # prints one JSON line
 
-RUNTIME is `pytorch` (the variant file, eager, as `load_variant` rebuilds it) or `onnxruntime`
-(the exported .onnx). A fresh process per case makes the peak RSS that case's own (ru_maxrss never
-goes down); `base_rss_mb` is the process after importing the runtime, before loading the model, so
-`peak_rss_mb - base_rss_mb` is what the model and its execution add. The onnxruntime case never
-imports torch. Inputs are seeded standard-normal features (what normalisation produces).
+RUNTIME is `pytorch` (the variant file, eager, as `load_variant` rebuilds it), `onnxruntime`
+(the exported .onnx) or `litert` (the exported .tflite in TensorFlow's LiteRT interpreter, XNNPACK).
+A fresh process per case makes the peak RSS that case's own (ru_maxrss never goes down); `base_rss_mb` is the process after importing the runtime, before loading the model, so
+`peak_rss_mb - base_rss_mb` is what the model and its execution add. The onnxruntime and litert
+cases never import torch. Inputs are seeded standard-normal features (what normalisation produces).
 """
 
 from __future__ import annotations
@@ -68,7 +68,17 @@ def _onnxruntime(path: str, threads: int):
     return (lambda x: sess.run([OUTPUT], {INPUT: x})), shape, base
 
 
-RUNTIMES = {"pytorch": _pytorch, "onnxruntime": _onnxruntime}
+def _litert(path: str, threads: int):
+    from dcase_effdl.deploy import litert
+
+    litert.runtime_version()  # imports tensorflow before the base reading: the runtime's own memory
+    base = rss_mb()
+    interp = litert.interpreter(path, threads)
+    shape = tuple(int(d) for d in interp.get_input_details()[0]["shape"][1:])
+    return litert.make_runner(interp), shape, base
+
+
+RUNTIMES = {"pytorch": _pytorch, "onnxruntime": _onnxruntime, "litert": _litert}
 
 
 def measure(runtime: str, path: str, calls: int, threads: int, batch: int = 64) -> dict:
