@@ -24,6 +24,8 @@ Knobs (`model.params` in a recipe):
         momentum 0.01, epsilon 1e-3).
     dense_init: 'uniform' (the baseline's Keras 'uniform' = U(-0.05, 0.05), as in task1b.yaml) or
         'glorot_uniform' for the dense kernels. Conv kernels are always glorot_uniform, biases zero.
+    clip_norm: 'none' (default, the baseline) or 'band_mean': a first layer that subtracts each clip's
+        mean over time per mel band (models/clip_norm.py), which removes recording-level differences.
 
 The data shape (n_classes, in_channels, n_mels, n_frames) comes from the dataset and the feature
 definition; the flatten size is computed from it. Input: (batch, in_channels, n_mels, n_frames).
@@ -39,6 +41,7 @@ import torch.nn as nn
 
 from dcase_effdl.errors import UserError
 from dcase_effdl.models import register
+from dcase_effdl.models.clip_norm import CLIP_NORMS, clip_norm_layer
 
 # Keras BatchNormalization defaults (momentum is the weight of the old value there, of the new one here).
 KERAS_BN_MOMENTUM = 0.01
@@ -58,6 +61,7 @@ class BaselineConfig:
     dropout: float = 0.3
     batch_norm: bool = True
     dense_init: Literal["uniform", "glorot_uniform"] = "uniform"
+    clip_norm: Literal[CLIP_NORMS] = "none"
 
     def __post_init__(self):
         if not self.conv_filters or min(self.conv_filters) < 1:
@@ -79,6 +83,7 @@ class BaselineCNN(nn.Module):
 
     def __init__(self, cfg: BaselineConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int):
         super().__init__()
+        self.input_norm = clip_norm_layer(cfg.clip_norm)
         blocks = []
         channels, height, width = in_channels, n_mels, n_frames
         for i, (filters, (pool_h, pool_w)) in enumerate(zip(cfg.conv_filters, cfg.pool_sizes)):
@@ -116,4 +121,4 @@ class BaselineCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(self.input_norm(x)))
