@@ -3,8 +3,9 @@
     python benchmarks/compression_accuracy.py --seeds 0 1 2                 # recipes/ambient3.yaml
     python benchmarks/compression_accuracy.py --recipe recipes/ambient3.yaml --data PATH --seeds 0 1 2
 
-Runs the recipe once per seed (`dcase-effdl run RECIPE --seeds ...`: run folders
-`<out>-seed<N>/`, a finished one is reused) and prints, per variant, macro accuracy on the
+Runs the recipe once per seed (as `dcase-effdl run RECIPE --seeds ...`, into run folders
+`<out>-seed<N>/`; `--jobs N` runs N seeds at a time, each in its own `dcase-effdl run` process
+with `--set seed=N`, which gives the same numbers) and prints, per variant, macro accuracy on the
 evaluation fold (mean +- sample std over the seeds, and per seed), the float32 row it is matched
 with, the mean of the per-seed differences from it (target: >= -1.0 pp) and the size under the
 recipe's size policy. A variant is matched with the float32 row that had the same extra training:
@@ -21,7 +22,10 @@ read small differences with the per-seed spread.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -132,12 +136,49 @@ def format_table(results: dict[str, list[dict]], matched: dict[str, str | None],
     return "\n".join(lines)
 
 
+def run_parallel(recipe: str, seeds: list[int], data: str | None, out: str, overrides: list[str], jobs: int) -> dict[int, dict]:
+    """Each seed in its own `dcase-effdl run` process, `jobs` at a time, each with cores // jobs threads.
+    Returns {seed: {wall_min, cpu_min}}: CPU time (user + system) does not depend on the other load."""
+    from dcase_effdl.errors import UserError
+    from dcase_effdl.seeds import check_seeds, seed_run_dir
+
+    check_seeds(seeds, overrides)
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+    pending, running, times = list(seeds), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                seed = pending.pop(0)
+                log = Path(f"{seed_run_dir(out, seed)}.log")
+                log.parent.mkdir(parents=True, exist_ok=True)
+                cmd = [sys.executable, "-m", "dcase_effdl", "run", recipe, "--out", str(seed_run_dir(out, seed)),
+                       *(["--data", data] if data is not None else []),
+                       *[a for o in [*overrides, f"seed={seed}"] for a in ("--set", o)]]
+                print(f"[seeds] seed {seed} -> {seed_run_dir(out, seed)} (log: {log})", flush=True)
+                with log.open("w") as sink:
+                    proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+                running[proc.pid] = (seed, log, time.perf_counter())
+            pid, status, usage = os.wait4(-1, 0)  # the next of our processes to end, with its CPU time
+            if pid not in running:
+                continue
+            seed, log, started = running.pop(pid)
+            times[seed] = {"wall_min": (time.perf_counter() - started) / 60, "cpu_min": (usage.ru_utime + usage.ru_stime) / 60}
+            if os.waitstatus_to_exitcode(status) != 0:
+                tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+                raise UserError(f"seed {seed}: dcase-effdl run failed ({tail[0]}); see {log}")
+    finally:
+        for pid in running:  # a failed seed stops the others: their numbers would not be reported
+            os.kill(pid, 15)
+            os.waitpid(pid, 0)
+    return times
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(REPO / "recipes" / "ambient3.yaml"))
     parser.add_argument("--data", help="dataset root (default: the recipe's dataset.root)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/bench_compression_accuracy", help="run folders <out>-seed<N>/")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at a time, each in its own process")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, as in dcase-effdl run")
     args = parser.parse_args(argv)
 
@@ -153,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         matched = matched_rows(variants)
         data = args.data if args.data is not None else recipe.dataset.root
         start = time.perf_counter()
-        run_seeds(args.recipe, args.seeds, data=args.data, out=args.out, overrides=args.set)
+        times = {}
+        if args.jobs > 1:
+            times = run_parallel(args.recipe, args.seeds, args.data, args.out, args.set, args.jobs)
+        else:
+            run_seeds(args.recipe, args.seeds, data=args.data, out=args.out, overrides=args.set)
         minutes = (time.perf_counter() - start) / 60
         reference = [seed_reference(args.recipe, data, seed, args.set) for seed in args.seeds]
     except UserError as exc:
@@ -171,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({', '.join(map(str, args.seeds))}), {minutes:.1f} min; macro accuracy on the evaluation fold; "
           f"target: within {abs(TARGET_PP)} pp of the matched float32 row")
     print(format_table(results, matched, reference))
+    for seed, t in sorted(times.items()):
+        print(f"seed {seed}: one dcase-effdl run process, {t['wall_min']:.1f} min wall, {t['cpu_min']:.1f} min CPU (user + system)")
     return 0
 
 

@@ -14,7 +14,7 @@ from dcase_effdl.compress import CompressContext, apply_steps, parse_steps
 from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
 from dcase_effdl.models import ModelSpec, build_model
-from dcase_effdl.models.clip_norm import ClipBandMean
+from dcase_effdl.models.clip_norm import ClipBandMean, ClipBandMeanRMS
 from dcase_effdl.training.loop import FineTune, fit
 from train_helpers import SHAPE, tiny_bundle, tiny_model
 
@@ -70,6 +70,16 @@ def test_clip_band_mean_removes_a_per_band_level_and_adds_no_parameters():
     normed.eval()
     x = torch.randn(2, 1, 40, 500, generator=g)
     torch.testing.assert_close(normed(x + 3.0), normed(x), atol=1e-4, rtol=0)
+
+
+def test_clip_band_mean_rms_puts_every_clip_on_one_scale():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 1, 16, 24, generator=g) * torch.tensor([0.1, 1.0, 6.0, 0.3]).view(4, 1, 1, 1)
+    out = ClipBandMeanRMS()(x + 7.0)
+    rms = out.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    torch.testing.assert_close(rms, torch.ones(4), atol=0.02, rtol=0)  # 1 / (1 + RMS_FLOOR / rms) for rms >= 0.1
+    assert out.mean(dim=-1).abs().max() < 1e-5
+    torch.testing.assert_close(ClipBandMeanRMS()(torch.zeros(1, 1, 4, 5)), torch.zeros(1, 1, 4, 5))  # no variation: zeros, not NaN
 
 
 def test_benchmark_matches_each_variant_with_the_float32_row_trained_as_long():

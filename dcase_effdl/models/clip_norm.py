@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-CLIP_NORMS = ("none", "band_mean")
+CLIP_NORMS = ("none", "band_mean", "band_mean_rms")
+# Added to the RMS before dividing (normalised units): a clip with no variation in time stays finite.
+RMS_FLOOR = 1e-3
 
 
 class ClipBandMean(nn.Module):
@@ -22,10 +24,27 @@ class ClipBandMean(nn.Module):
         return x - x.mean(dim=-1, keepdim=True)
 
 
+class ClipBandMeanRMS(ClipBandMean):
+    """`ClipBandMean`, then divide each clip by its own RMS over channels, bands and time.
+
+    Measured on ambient3 (16 kHz front end, training fold): after removing the band means, the
+    per-clip spread is 0.12-0.3 for most clips but up to 6.2 for the six clips with digital
+    silence (frames at the log floor); batch norm then scales every other clip to almost nothing
+    and `band_mean` alone trained to chance (34 % validation, seed 0). Dividing by the clip's RMS
+    puts every clip on one scale.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x)
+        return x / (x.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt() + RMS_FLOOR)
+
+
 def clip_norm_layer(kind: str) -> nn.Module:
     """The input layer of `kind` ('none': identity)."""
     if kind == "band_mean":
         return ClipBandMean()
+    if kind == "band_mean_rms":
+        return ClipBandMeanRMS()
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"clip_norm must be one of {list(CLIP_NORMS)}, got {kind!r}")
