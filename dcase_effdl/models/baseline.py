@@ -24,6 +24,10 @@ Knobs (`model.params` in a recipe):
         momentum 0.01, epsilon 1e-3).
     dense_init: 'uniform' (the baseline's Keras 'uniform' = U(-0.05, 0.05), as in task1b.yaml) or
         'glorot_uniform' for the dense kernels. Conv kernels are always glorot_uniform, biases zero.
+    bn_momentum: batch-norm running-statistics momentum (PyTorch convention, weight of the new batch),
+        default 0.01 = Keras' 0.99. Short trainings need ~0.1: on ambient3 (a 16/32-channel 3x3 net,
+        10 epochs of ~20 steps, seed 0) validation macro accuracy rose from 61.5 % (best epoch; 55.9 %
+        last) to 66.6 % (66.5 % last), and the first four epochs sat at chance with 0.01.
     clip_norm: 'none' (default, the baseline) or 'band_mean': a first layer that subtracts each clip's
         mean over time per mel band (models/clip_norm.py), which removes recording-level differences.
 
@@ -62,6 +66,7 @@ class BaselineConfig:
     batch_norm: bool = True
     dense_init: Literal["uniform", "glorot_uniform"] = "uniform"
     clip_norm: Literal[CLIP_NORMS] = "none"
+    bn_momentum: float = KERAS_BN_MOMENTUM
 
     def __post_init__(self):
         if not self.conv_filters or min(self.conv_filters) < 1:
@@ -73,6 +78,8 @@ class BaselineConfig:
                              f"{len(self.conv_filters)}; give one pool per conv block")
         if self.kernel_size < 1 or self.dense_units < 1:
             raise ValueError(f"kernel_size and dense_units must be positive, got {self.kernel_size}, {self.dense_units}")
+        if not 0.0 < self.bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1], got {self.bn_momentum}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -89,7 +96,7 @@ class BaselineCNN(nn.Module):
         for i, (filters, (pool_h, pool_w)) in enumerate(zip(cfg.conv_filters, cfg.pool_sizes)):
             layers: list[nn.Module] = [nn.Conv2d(channels, filters, cfg.kernel_size, padding="same", bias=True)]
             if cfg.batch_norm:
-                layers.append(nn.BatchNorm2d(filters, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM))
+                layers.append(nn.BatchNorm2d(filters, eps=KERAS_BN_EPS, momentum=cfg.bn_momentum))
             layers += [nn.ReLU(), nn.MaxPool2d((pool_h, pool_w)), nn.Dropout(cfg.dropout)]
             blocks.append(nn.Sequential(*layers))
             channels, height, width = filters, height // pool_h, width // pool_w

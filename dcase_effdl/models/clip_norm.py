@@ -27,11 +27,10 @@ class ClipBandMean(nn.Module):
 class ClipBandMeanRMS(ClipBandMean):
     """`ClipBandMean`, then divide each clip by its own RMS over channels, bands and time.
 
-    Measured on ambient3 (16 kHz front end, training fold): after removing the band means, the
-    per-clip spread is 0.12-0.3 for most clips but up to 6.2 for the six clips with digital
-    silence (frames at the log floor); batch norm then scales every other clip to almost nothing
-    and `band_mean` alone trained to chance (34 % validation, seed 0). Dividing by the clip's RMS
-    puts every clip on one scale.
+    Measured on ambient3 (16 kHz front end, training fold, seed 0): after removing the band means,
+    the per-clip spread is 0.12-0.3 for most clips but up to 6.2 (six clips reach the log floor,
+    digital silence), and `band_mean` alone trained to chance (34 % validation): batch norm's scale
+    is then set by a few clips. Dividing by the clip's RMS puts every clip on one scale.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
