@@ -29,8 +29,9 @@ class ClipBandMeanRMS(ClipBandMean):
 
     Measured on ambient3 (16 kHz front end, training fold, seed 0): after removing the band means,
     the per-clip spread is 0.12-0.3 for most clips but up to 6.2 (six clips reach the log floor,
-    digital silence), and `band_mean` alone trained to chance (34 % validation): batch norm's scale
-    is then set by a few clips. Dividing by the clip's RMS puts every clip on one scale.
+    digital silence); dividing by the clip's RMS puts every clip on one scale. (On ambient3 both
+    layers trained to chance, 34 % validation: there the average spectrum they remove is what
+    separates the classes.)
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
