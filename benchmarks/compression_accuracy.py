@@ -1,99 +1,223 @@
-"""Accuracy cost of each compression step on real audio (ambient3): macro accuracy vs the float32 parent.
+"""Accuracy cost of each compression step on real audio (ambient3), each against a float32 row trained as long.
 
-    python benchmarks/compression_accuracy.py                       # ../shared/data/ambient3-development
-    python benchmarks/compression_accuracy.py --epochs 40 --seeds 0 1 2 --data PATH
+    python benchmarks/compression_accuracy.py --seeds 0 1 2                 # recipes/ambient3.yaml
+    python benchmarks/compression_accuracy.py --recipe recipes/ambient3.yaml --data PATH --seeds 0 1 2
 
-Trains the 2020 baseline CNN (16 kHz front end) once per seed through the normal pipeline, then
-derives the variants float16, int8 (post-training), pruning to 50 % (+ fine-tuning) and 1-bit weights
-(+ straight-through fine-tuning, batch-norm re-estimation). Prints, per variant, macro accuracy on the
-evaluation fold, the difference from float32 in percentage points (target: >= -1.0 pp), log loss
-and size under the dcase2020 rule. The ambient3 evaluation fold has 147 clips: one clip of the
-smallest class moves its class accuracy by several points, so read small differences with care and
-average over seeds.
+Runs the recipe once per seed (as `dcase-effdl run RECIPE --seeds ...`, into run folders
+`<out>-seed<N>/`; `--jobs N` runs N seeds at a time, each in its own `dcase-effdl run` process
+with `--set seed=N`, which gives the same numbers) and prints, per variant, macro accuracy on the
+evaluation fold (mean +- sample std over the seeds, and per seed), the float32 row it is matched
+with, the mean of the per-seed differences from it (target: >= -1.0 pp) and the size under the
+recipe's size policy. A variant is matched with the float32 row that had the same extra training:
+steps without fine-tuning (float16, int8 post-training) with the parent (the variant with no
+steps); steps that fine-tune for E epochs (prune, binary, int8 qat_epochs) with the variant made of
+one `finetune` step of E epochs (compress/finetune.py), which the recipe must declare. Beside the
+CNN: a logistic regression on each clip's mean and standard deviation per mel band over time (the
+same log-mel features, the same seed's location-disjoint split; C picked on the validation split),
+so the table says whether the CNN beats a linear model of the clip's average spectrum. The ambient3
+evaluation fold has 147 clips: one clip of the smallest class moves macro accuracy by ~2.6 pp, so
+read small differences with the per-seed spread.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-import yaml
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET_PP = -1.0  # allowed accuracy change against the float32 parent, percentage points
-
-VARIANTS = [
-    {"name": "float32", "compress": []},
-    {"name": "float16", "compress": [{"method": "float16"}]},
-    {"name": "int8", "compress": [{"method": "int8"}]},
-    {"name": "prune50", "compress": [{"method": "prune", "amount": 0.5, "epochs": 10, "lr": 0.0005}]},
-    {"name": "binary", "compress": [{"method": "binary", "epochs": 10, "lr": 0.0005}]},
-]
+TARGET_PP = -1.0  # allowed accuracy change against the matched float32 row, percentage points
+LR_C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength of the logistic regression, picked on validation
+FINE_TUNE_KEYS = ("epochs", "qat_epochs")  # the step fields that count extra training epochs
 
 
-def write_recipe(path: Path, seed: int, epochs: int, features: Path, fine_tune_epochs: int) -> None:
-    variants = json.loads(json.dumps(VARIANTS))
+def fine_tune_epochs(steps: list[dict]) -> int:
+    """Extra training epochs of a variant: the sum of its steps' `epochs` / `qat_epochs`."""
+    return sum(int(step.get(key) or 0) for step in steps for key in FINE_TUNE_KEYS)
+
+
+def matched_rows(variants: list[dict]) -> dict[str, str | None]:
+    """Variant name -> the float32 row it is compared with (None: it is a float32 row itself).
+
+    The parent is the variant without steps; a control is a variant of one `finetune` step. A
+    variant that fine-tunes for E epochs needs a control of E epochs; one that does not, the parent.
+    """
+    parent = next((v["name"] for v in variants if not v.get("compress")), None)
+    controls = {}
     for v in variants:
-        for step in v["compress"]:
-            if "epochs" in step:
-                step["epochs"] = fine_tune_epochs
-    recipe = {
-        "name": f"compression_accuracy_seed{seed}",
-        "seed": seed,
-        "features": str(features),
-        "dataset": {"root": "unused (--data)", "validation_fraction": 0.3},
-        "model": {"name": "dcase2020_baseline"},
-        "train": {"epochs": epochs, "batch_size": 16, "optimizer": "adam", "lr": 0.001},
-        "variants": variants,
-        "size_policy": "dcase2020",
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        steps = v.get("compress") or []
+        if len(steps) == 1 and steps[0].get("method") == "finetune":
+            controls.setdefault(fine_tune_epochs(steps), v["name"])
+    matched: dict[str, str | None] = {}
+    for v in variants:
+        steps = v.get("compress") or []
+        if v["name"] == parent or v["name"] in controls.values():
+            matched[v["name"]] = None
+            continue
+        epochs = fine_tune_epochs(steps)
+        match = controls.get(epochs) if epochs else parent
+        if match is None:
+            need = f"a variant of one 'finetune' step with epochs: {epochs}" if epochs else "a variant without compression steps"
+            raise SystemExit(f"variant '{v['name']}' ({epochs} fine-tuning epochs) has no matched float32 row: the recipe needs {need}")
+        matched[v["name"]] = match
+    return matched
 
+
+def clip_statistics(x) -> np.ndarray:
+    """(N, C, F, T) features, read a batch at a time -> (N, 2 C F): per band mean and std over time."""
+    rows = []
+    for start in range(0, len(x), 64):
+        batch = x[start : start + 64].double().numpy()
+        rows.append(np.concatenate([batch.mean(-1).reshape(len(batch), -1), batch.std(-1).reshape(len(batch), -1)], axis=1))
+    return np.concatenate(rows)
+
+
+def logistic_regression_reference(bundle) -> dict:
+    """Multinomial L2 logistic regression on standardised clip statistics, classes weighted by frequency
+    (macro accuracy is the metric); C picked by validation macro accuracy. Returns test metrics and C."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from dcase_effdl.metrics import compute_metrics
+
+    train, val, test = (clip_statistics(x) for x in (bundle.x_train, bundle.x_val, bundle.x_test))
+    y_train = bundle.y_train.numpy()
+    best = None
+    for c in LR_C_GRID:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
+        model.fit(train, y_train)
+        score = compute_metrics(bundle.y_val.numpy(), model.predict_proba(val), bundle.classes)["accuracy"] if len(val) else 0.0
+        if best is None or score > best[0]:
+            best = (score, c, model)
+    _, c, model = best
+    metrics = compute_metrics(bundle.y_test.numpy(), model.predict_proba(test), bundle.classes)
+    return {"accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"], "C": c}
+
+
+def seed_reference(recipe_path: str, data: str, seed: int, overrides: list[str]) -> dict:
+    """The logistic-regression reference on the features and split the recipe's run of `seed` used."""
+    from dcase_effdl.config import load_recipe
+    from dcase_effdl.pipeline import prepare_data
+
+    recipe, feat = load_recipe(recipe_path, [*overrides, f"seed={seed}"])
+    return logistic_regression_reference(prepare_data(recipe, feat, data))
+
+
+def format_table(results: dict[str, list[dict]], matched: dict[str, str | None], reference: list[dict]) -> str:
+    """The printed table: one row per variant, then the logistic-regression reference."""
+    lines = [f"{'variant':<12} {'macro acc (%)':>14}  {'per seed (%)':<20} {'matched with':<12} {'vs matched (pp)':>15}  "
+             f"{'per seed (pp)':<20} {'size (KB)':>9}  target"]
+    for name, rows in results.items():
+        acc = [r["accuracy"] for r in rows]
+        spread = f" +-{statistics.stdev(acc):.1f}" if len(acc) > 1 else ""
+        per_seed = ", ".join(f"{a:.1f}" for a in acc)
+        size = max(r["size_kb"] for r in rows)
+        if matched[name] is None:
+            lines.append(f"{name:<12} {statistics.mean(acc):>8.1f}{spread:<6}  {per_seed:<20} {'-':<12} {'':>15}  {'':<20} "
+                         f"{size:>9.2f}  -")
+            continue
+        deltas = [a - r["accuracy"] for a, r in zip(acc, results[matched[name]])]
+        delta = statistics.mean(deltas)
+        ok = "met" if delta >= TARGET_PP else "MISSED"
+        lines.append(f"{name:<12} {statistics.mean(acc):>8.1f}{spread:<6}  {per_seed:<20} {matched[name]:<12} {delta:>+15.1f}  "
+                     f"{', '.join(f'{d:+.1f}' for d in deltas):<20} {size:>9.2f}  {ok}")
+    acc = [r["accuracy"] for r in reference]
+    spread = f" +-{statistics.stdev(acc):.1f}" if len(acc) > 1 else ""
+    c_values = ", ".join(f"{r['C']:g}" for r in reference)
+    lines.append(f"{'logreg':<12} {statistics.mean(acc):>8.1f}{spread:<6}  {', '.join(f'{a:.1f}' for a in acc):<20} "
+                 f"(per-clip band mean/std; C per seed: {c_values})")
+    return "\n".join(lines)
+
+
+def run_parallel(recipe: str, seeds: list[int], data: str | None, out: str, overrides: list[str], jobs: int) -> dict[int, dict]:
+    """Each seed in its own `dcase-effdl run` process, `jobs` at a time, each with cores // jobs threads.
+    Returns {seed: {wall_min, cpu_min}}: CPU time (user + system) does not depend on the other load."""
+    from dcase_effdl.errors import UserError
+    from dcase_effdl.seeds import check_seeds, seed_run_dir
+
+    check_seeds(seeds, overrides)
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+    pending, running, times = list(seeds), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                seed = pending.pop(0)
+                log = Path(f"{seed_run_dir(out, seed)}.log")
+                log.parent.mkdir(parents=True, exist_ok=True)
+                cmd = [sys.executable, "-m", "dcase_effdl", "run", recipe, "--out", str(seed_run_dir(out, seed)),
+                       *(["--data", data] if data is not None else []),
+                       *[a for o in [*overrides, f"seed={seed}"] for a in ("--set", o)]]
+                print(f"[seeds] seed {seed} -> {seed_run_dir(out, seed)} (log: {log})", flush=True)
+                with log.open("w") as sink:
+                    proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+                running[proc.pid] = (seed, log, time.perf_counter())
+            pid, status, usage = os.wait4(-1, 0)  # the next of our processes to end, with its CPU time
+            if pid not in running:
+                continue
+            seed, log, started = running.pop(pid)
+            times[seed] = {"wall_min": (time.perf_counter() - started) / 60, "cpu_min": (usage.ru_utime + usage.ru_stime) / 60}
+            if os.waitstatus_to_exitcode(status) != 0:
+                tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+                raise UserError(f"seed {seed}: dcase-effdl run failed ({tail[0]}); see {log}")
+    finally:
+        for pid in running:  # a failed seed stops the others: their numbers would not be reported
+            os.kill(pid, 15)
+            os.waitpid(pid, 0)
+    return times
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ambient3-development"))
-    parser.add_argument("--features", default=str(REPO / "features" / "dcase2020_baseline_16k.yaml"))
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs of the float32 parent")
-    parser.add_argument("--fine-tune-epochs", type=int, default=10, help="fine-tuning epochs of prune and binary")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--out", default="runs/bench_compression_accuracy")
+    parser.add_argument("--recipe", default=str(REPO / "recipes" / "ambient3.yaml"))
+    parser.add_argument("--data", help="dataset root (default: the recipe's dataset.root)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="runs/bench_compression_accuracy", help="run folders <out>-seed<N>/")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at a time, each in its own process")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, as in dcase-effdl run")
     args = parser.parse_args(argv)
 
+    from dcase_effdl.config import load_recipe, to_dict
+    from dcase_effdl.errors import UserError
     from dcase_effdl.machine import describe
-    from dcase_effdl.pipeline import run
     from dcase_effdl.rundir import VariantDir
+    from dcase_effdl.seeds import run_seeds, seed_run_dir
 
-    if not Path(args.data).is_dir():
-        print(f"{args.data}: data folder not found (give --data)")
+    try:
+        recipe, _ = load_recipe(args.recipe, args.set)
+        variants = [to_dict(v) for v in recipe.variants]
+        matched = matched_rows(variants)
+        data = args.data if args.data is not None else recipe.dataset.root
+        start = time.perf_counter()
+        times = {}
+        if args.jobs > 1:
+            times = run_parallel(args.recipe, args.seeds, args.data, args.out, args.set, args.jobs)
+        else:
+            run_seeds(args.recipe, args.seeds, data=args.data, out=args.out, overrides=args.set)
+        minutes = (time.perf_counter() - start) / 60
+        reference = [seed_reference(args.recipe, data, seed, args.set) for seed in args.seeds]
+    except UserError as exc:
+        print(f"error: {exc}")
         return 2
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:
-        out = Path(args.out) / f"seed{seed}"
-        recipe = out.parent / f"recipe_seed{seed}.yaml"
-        write_recipe(recipe, seed, args.epochs, Path(args.features).resolve(), args.fine_tune_epochs)
-        run(recipe, data=args.data, out=str(out))
-        for v in VARIANTS:
-            variant = VariantDir(out / v["name"])
+        for v in variants:
+            variant = VariantDir(seed_run_dir(args.out, seed) / v["name"])
             metrics, size = variant.metrics(), variant.size()
-            results.setdefault(v["name"], []).append({"accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"],
-                                                      "size_kb": size["size_kb"]})
+            results.setdefault(v["name"], []).append({"accuracy": metrics["accuracy"], "size_kb": size["size_kb"]})
 
-    parent = [r["accuracy"] for r in results["float32"]]
     print("\n" + describe())
-    print(f"\nCompression accuracy cost on {args.data} ({len(args.seeds)} seed(s), {args.epochs} epochs, "
-          f"fine-tuning {args.fine_tune_epochs} epochs); target: within {abs(TARGET_PP)} pp of float32")
-    print(f"{'variant':<10} {'macro acc (%)':>14} {'vs float32 (pp)':>16} {'log loss':>9} {'size (KB)':>10}  target")
-    for name, rows in results.items():
-        acc = [r["accuracy"] for r in rows]
-        delta = statistics.mean(a - p for a, p in zip(acc, parent))
-        spread = f" +-{statistics.stdev(acc):.1f}" if len(acc) > 1 else ""
-        ok = "-" if name == "float32" else ("met" if delta >= TARGET_PP else "MISSED")
-        print(f"{name:<10} {statistics.mean(acc):>9.1f}{spread:<5} {delta:>+16.1f} {statistics.mean(r['log_loss'] for r in rows):>9.3f} "
-              f"{rows[0]['size_kb']:>10.2f}  {ok}")
+    print(f"\nCompression accuracy cost: recipe {args.recipe}, data {data}, {len(args.seeds)} seed(s) "
+          f"({', '.join(map(str, args.seeds))}), {minutes:.1f} min; macro accuracy on the evaluation fold; "
+          f"target: within {abs(TARGET_PP)} pp of the matched float32 row")
+    print(format_table(results, matched, reference))
+    for seed, t in sorted(times.items()):
+        print(f"seed {seed}: one dcase-effdl run process, {t['wall_min']:.1f} min wall, {t['cpu_min']:.1f} min CPU (user + system)")
     return 0
 
 

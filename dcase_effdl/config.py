@@ -341,6 +341,7 @@ class TrainConfig:
     time_roll: int = 0  # max circular shift in frames (0 = off)
     time_crop: int = 0  # random crop length in frames during training (0 = off)
     channel_swap: bool = False  # swap left/right with probability 0.5 (stereo features)
+    level_shift: float = 0.0  # max per-example offset added to all normalised values, a random gain (0 = off)
     balanced_batches: bool = False  # equal class counts per mini-batch
     label_smoothing: float = 0.0  # epsilon of the default cross-entropy
     swa: Union[SWAConfig, None] = None  # None = off
@@ -354,7 +355,8 @@ class TrainConfig:
             ("momentum", 0 <= self.momentum <= 1, "in [0, 1]"),
             ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "auto, cpu, cuda or cuda:N"),
             *[(k, getattr(self, k) >= 0, ">= 0") for k in ("weight_decay", "num_workers", "threads", "loader_workers", "warmup_epochs",
-                                                         "decay_start_epoch", "mixup_alpha", "time_roll", "time_crop")],
+                                                         "decay_start_epoch", "mixup_alpha", "time_roll", "time_crop",
+                                                         "level_shift")],
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
             ("restart_epochs", self.restart_epochs > 0, "> 0"),
             ("restart_mult", self.restart_mult >= 1, ">= 1 (periods never shrink)"),

@@ -100,6 +100,18 @@ def test_channel_swap_exchanges_left_and_right_in_every_group():
         augment.channel_swap(torch.zeros(2, 3, 4, 4), gen())
 
 
+def test_level_shift_adds_one_bounded_uniform_offset_per_example():
+    x = torch.randn(2000, 2, 4, 5)
+    out = augment.level_shift(x, 0.5, gen())
+    offsets = (out - x).flatten(1)
+    # one offset per example, the same for every channel, band and frame (float32 rounding of x + o)
+    assert (offsets.max(1).values - offsets.min(1).values).max() < 1e-5
+    o = offsets[:, 0].double().numpy()
+    assert np.abs(o).max() <= 0.5 + 1e-6
+    assert stats.kstest(o, stats.uniform(loc=-0.5, scale=1.0).cdf).pvalue > 1e-3
+    assert torch.equal(augment.level_shift(x, 0.5, gen(3)), augment.level_shift(x, 0.5, gen(3)))
+
+
 def test_soft_cross_entropy_with_smoothing():
     logits = torch.randn(16, 3)
     y = torch.arange(16) % 3
@@ -113,3 +125,16 @@ def test_soft_cross_entropy_with_smoothing():
         -((0.8 * soft + 0.2 / 3) * F.log_softmax(logits, 1)).sum(1).mean().item(),
         rtol=1e-6,
     )
+
+
+def test_level_shift_is_a_checked_recipe_option_applied_per_batch():
+    from dcase_effdl.config import TrainConfig, from_dict
+    from dcase_effdl.errors import UserError
+    from dcase_effdl.training.loop import augment_batch
+
+    with pytest.raises(UserError, match=r"r.yaml: train.level_shift must be >= 0, got -0.5"):
+        from_dict(TrainConfig, {"level_shift": -0.5}, "r.yaml", "train")
+    x, y = torch.zeros(8, 1, 3, 4), torch.zeros(8, dtype=torch.long)
+    out, _ = augment_batch(x, y, TrainConfig(level_shift=0.5), 3, gen())
+    per_example = out.flatten(1)
+    assert torch.equal(per_example, per_example[:, :1].expand_as(per_example)) and per_example.abs().max() > 0

@@ -129,3 +129,13 @@ def test_same_seed_same_weights():
     for pa, pb in zip(a.parameters(), b.parameters()):
         # Same seed, same init calls: exact.
         assert torch.equal(pa, pb)
+
+
+def test_bn_momentum_and_clip_norm_knobs():
+    keras = build_model("dcase2020_baseline", {}, n_classes=3)
+    fast = build_model("dcase2020_baseline", {"bn_momentum": 0.1, "clip_norm": "band_mean_rms"}, n_classes=3)
+    assert [m.momentum for m in fast.modules() if isinstance(m, nn.BatchNorm2d)] == [0.1, 0.1]
+    assert [m.momentum for m in keras.modules() if isinstance(m, nn.BatchNorm2d)] == [0.01, 0.01]
+    assert _counts(fast) == _counts(keras)  # the input layer has no parameters
+    with pytest.raises(UserError, match="bn_momentum must be in"):
+        build_model("dcase2020_baseline", {"bn_momentum": 0.0})

@@ -37,6 +37,7 @@ METHOD_MODULES = [
     "dcase_effdl.compress.binary",
     "dcase_effdl.compress.distill",
     "dcase_effdl.compress.factorize",
+    "dcase_effdl.compress.finetune",
 ]
 
 

@@ -24,6 +24,12 @@ Knobs (`model.params` in a recipe):
         momentum 0.01, epsilon 1e-3).
     dense_init: 'uniform' (the baseline's Keras 'uniform' = U(-0.05, 0.05), as in task1b.yaml) or
         'glorot_uniform' for the dense kernels. Conv kernels are always glorot_uniform, biases zero.
+    bn_momentum: batch-norm running-statistics momentum (PyTorch convention, weight of the new batch),
+        default 0.01 = Keras' 0.99. Short trainings need ~0.1: on ambient3 (a 16/32-channel 3x3 net,
+        10 epochs of ~20 steps, seed 0) validation macro accuracy rose from 61.5 % (best epoch; 55.9 %
+        last) to 66.6 % (66.5 % last), and the first four epochs sat at chance with 0.01.
+    clip_norm: 'none' (default, the baseline) or 'band_mean': a first layer that subtracts each clip's
+        mean over time per mel band (models/clip_norm.py), which removes recording-level differences.
 
 The data shape (n_classes, in_channels, n_mels, n_frames) comes from the dataset and the feature
 definition; the flatten size is computed from it. Input: (batch, in_channels, n_mels, n_frames).
@@ -39,6 +45,7 @@ import torch.nn as nn
 
 from dcase_effdl.errors import UserError
 from dcase_effdl.models import register
+from dcase_effdl.models.clip_norm import CLIP_NORMS, clip_norm_layer
 
 # Keras BatchNormalization defaults (momentum is the weight of the old value there, of the new one here).
 KERAS_BN_MOMENTUM = 0.01
@@ -58,6 +65,8 @@ class BaselineConfig:
     dropout: float = 0.3
     batch_norm: bool = True
     dense_init: Literal["uniform", "glorot_uniform"] = "uniform"
+    clip_norm: Literal[CLIP_NORMS] = "none"
+    bn_momentum: float = KERAS_BN_MOMENTUM
 
     def __post_init__(self):
         if not self.conv_filters or min(self.conv_filters) < 1:
@@ -69,6 +78,8 @@ class BaselineConfig:
                              f"{len(self.conv_filters)}; give one pool per conv block")
         if self.kernel_size < 1 or self.dense_units < 1:
             raise ValueError(f"kernel_size and dense_units must be positive, got {self.kernel_size}, {self.dense_units}")
+        if not 0.0 < self.bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1], got {self.bn_momentum}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -79,12 +90,13 @@ class BaselineCNN(nn.Module):
 
     def __init__(self, cfg: BaselineConfig, *, n_classes: int, in_channels: int, n_mels: int, n_frames: int):
         super().__init__()
+        self.input_norm = clip_norm_layer(cfg.clip_norm)
         blocks = []
         channels, height, width = in_channels, n_mels, n_frames
         for i, (filters, (pool_h, pool_w)) in enumerate(zip(cfg.conv_filters, cfg.pool_sizes)):
             layers: list[nn.Module] = [nn.Conv2d(channels, filters, cfg.kernel_size, padding="same", bias=True)]
             if cfg.batch_norm:
-                layers.append(nn.BatchNorm2d(filters, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM))
+                layers.append(nn.BatchNorm2d(filters, eps=KERAS_BN_EPS, momentum=cfg.bn_momentum))
             layers += [nn.ReLU(), nn.MaxPool2d((pool_h, pool_w)), nn.Dropout(cfg.dropout)]
             blocks.append(nn.Sequential(*layers))
             channels, height, width = filters, height // pool_h, width // pool_w
@@ -116,4 +128,4 @@ class BaselineCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(self.input_norm(x)))

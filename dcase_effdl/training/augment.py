@@ -9,6 +9,7 @@ Published settings these reproduce:
 - SpecAugment: Hu: one frequency mask of width U{0..12} bands and one time mask of U{0..39} frames per
   channel, filled with 0.
 - time roll: Koutini: circular shift by U{-50..50} frames. Time crop: McDonnell: 400 of 469 frames.
+- level shift: a random recording level per example (see `level_shift`).
 - channel swap: Hu and McDonnell: exchange left and right with probability 0.5 (statics, deltas and
   delta-deltas together; features are ordered L, R, dL, dR, ddL, ddR).
 - label smoothing: cross-entropy against (1 - eps) x target + eps / n_classes; accepts soft targets.
@@ -118,6 +119,19 @@ def time_crop(x: torch.Tensor, length: int, generator: torch.Generator) -> torch
     index = (starts[:, None] + torch.arange(length)[None, :]).to(x.device)
     index = index.view(x.shape[0], 1, 1, length).expand(x.shape[0], x.shape[1], x.shape[2], length)
     return torch.gather(x, 3, index)
+
+
+def level_shift(x: torch.Tensor, max_shift: float, generator: torch.Generator) -> torch.Tensor:
+    """Add one offset ~ U(-max_shift, max_shift) to every value of each example (normalised units).
+
+    A gain of g dB adds g ln(10) / 20 = 0.115 g to every band of a natural-log magnitude mel
+    spectrogram, i.e. 0.115 g / std_b after per-band standardisation: the same offset in every band
+    when the bands' standard deviations are alike (2.1-2.3 ln units on ambient3's 16 kHz front end,
+    so 0.5 is about +-10 dB). Values at the log floor (digital silence) move too; a real gain would
+    leave them.
+    """
+    offsets = (torch.rand(x.shape[0], generator=generator) * 2 - 1) * max_shift
+    return x + offsets.to(x.device, x.dtype).view(-1, *(1,) * (x.dim() - 1))
 
 
 def swap_permutation(n_channels: int, audio_channels: int = 2) -> list[int]:

@@ -150,6 +150,8 @@ def augment_example(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> to
         x = augment.time_roll(x, cfg.time_roll, g)
     if cfg.channel_swap:
         x = augment.channel_swap(x, g)
+    if cfg.level_shift:
+        x = augment.level_shift(x, cfg.level_shift, g)
     if cfg.spec_augment is not None:
         s = cfg.spec_augment
         x = augment.spec_augment(x, g, s.freq_mask, s.time_mask, s.n_freq_masks, s.n_time_masks)
