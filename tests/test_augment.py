@@ -127,14 +127,15 @@ def test_soft_cross_entropy_with_smoothing():
     )
 
 
-def test_level_shift_is_a_checked_recipe_option_applied_per_batch():
+def test_level_shift_is_a_checked_recipe_option_applied_per_example():
     from dcase_effdl.config import TrainConfig, from_dict
     from dcase_effdl.errors import UserError
-    from dcase_effdl.training.loop import augment_batch
+    from dcase_effdl.training.loop import augment_example
 
     with pytest.raises(UserError, match=r"r.yaml: train.level_shift must be >= 0, got -0.5"):
         from_dict(TrainConfig, {"level_shift": -0.5}, "r.yaml", "train")
-    x, y = torch.zeros(8, 1, 3, 4), torch.zeros(8, dtype=torch.long)
-    out, _ = augment_batch(x, y, TrainConfig(level_shift=0.5), 3, gen())
+    # The loop augments one (1, C, F, T) row at a time with that row's own generator.
+    out = torch.cat([augment_example(torch.zeros(1, 1, 3, 4), TrainConfig(level_shift=0.5), gen(seed)) for seed in range(8)])
     per_example = out.flatten(1)
     assert torch.equal(per_example, per_example[:, :1].expand_as(per_example)) and per_example.abs().max() > 0
+    assert per_example.abs().max() <= 0.5 and len(set(per_example[:, 0].tolist())) == 8
