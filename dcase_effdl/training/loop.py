@@ -12,7 +12,7 @@ One epoch:
 
     for each global batch (shuffled or class-balanced, sampling.py):
         x, y = this rank's share, read and augmented ahead in worker processes (feed.py):
-               time crop -> time roll -> L/R swap -> SpecAugment per example -> mixup
+               time crop -> time roll -> L/R swap -> level shift -> SpecAugment per example -> mixup
         loss = loss_fn(logits, y, idx) or soft cross-entropy with label smoothing
         step the optimiser (AMP on CUDA), then the per-batch lr schedule, then hooks' after_step
     validate (macro accuracy, log loss), keep the best weights (best_epoch.py), write last.pt
