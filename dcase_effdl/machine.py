@@ -21,7 +21,7 @@ def passive_waiting() -> None:
     """Let OpenMP threads sleep instead of spinning between parallel regions, unless the user chose.
 
     OpenMP reads this once, when torch first loads it: call before `import torch`. Measured on 2 cores
-    shared with other jobs: spinning threads ran 2-thread training at half the speed of 1 thread.
+    shared with other jobs (issue 16): spinning threads ran 2-thread training at half the speed of 1 thread.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
