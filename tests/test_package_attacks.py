@@ -270,3 +270,30 @@ def test_the_byte_count_holds_even_where_the_zip_reader_would_not_stop(valid_mem
     with pytest.raises(UserError, match=rf"'{OUTPUT}' unpacks to more than the 1,000 bytes its header says "
                                         r"\(the limit for output.csv files is 2,212,096\); refused$"):
         validate_package(liar)
+
+
+def test_the_end_record_is_read_as_zipfile_reads_it(tmp_path, monkeypatch):
+    # The table's extent comes from the zip's end record, parsed here (zipfile has no public call for
+    # it): with a trailing comment, and with a ZIP64 end record (zipfile writes one past its count limit).
+    def extent(comment: bytes, count_limit: int) -> tuple[int, int]:
+        path = tmp_path / f"z{len(comment)}_{count_limit}.zip"
+        monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", count_limit)
+        with zipfile.ZipFile(path, "w") as z:
+            for i in range(70):
+                z.writestr(f"task1/{i}.txt", b"x" * i)
+            z.comment = comment
+        monkeypatch.undo()
+        with open(path, "rb") as fh:
+            found = validate._central_directory_extent(fh)
+        with zipfile.ZipFile(path) as z:
+            size = sum(46 + len(info.filename.encode()) + len(info.extra) + len(info.comment) for info in z.infolist())
+        assert found == (70, size)
+        return found
+
+    assert extent(b"", 0xFFFF) == extent(b"c" * 65_535, 0xFFFF) == extent(b"note", 10)
+    with pytest.raises(UserError, match=r"70 entries in [\d,]+ bytes, more than the 64 a package holds"):
+        validate_package(tmp_path / "z4_10.zip")
+    with open(tmp_path / "junk.zip", "wb") as fh:
+        fh.write(b"PK\x05\x06 too short")
+    with open(tmp_path / "junk.zip", "rb") as fh:
+        assert validate._central_directory_extent(fh) is None

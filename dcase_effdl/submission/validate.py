@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -208,6 +209,43 @@ def _keeps_content(name: str) -> bool:
     return name.endswith((".output.csv", ".meta.yaml")) and not _is_clutter(name)
 
 
+_END = struct.Struct("<4s4H2LH")  # end of central directory: signature, disks, entries, size, offset, comment
+_END64_LOCATOR = struct.Struct("<4sLQL")  # ZIP64 locator: signature, disk, offset of the ZIP64 end record
+_END64 = struct.Struct("<4sQ2H2L4Q")  # ZIP64 end record: ..., entries on disk, entries, size, offset
+
+
+def _central_directory_extent(fh) -> tuple[int, int] | None:
+    """(entries, bytes) of a zip's table of entries, from its end record (ZIP64 included), or None.
+
+    The record zipfile itself reads, found the way it finds it: the last end-record signature in
+    the final 64 KiB + 22 bytes (a zip comment is at most 65,535 bytes). Read here because
+    zipfile offers no public call that stops before building the whole table.
+    """
+    fh.seek(0, 2)
+    file_size = fh.tell()
+    fh.seek(max(0, file_size - _END.size - 0xFFFF))
+    tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _END.size:
+        return None
+    _, _, _, _, entries, size, _, _ = _END.unpack_from(tail, at)
+    start = file_size - len(tail) + at
+    if entries != 0xFFFF and size != 0xFFFFFFFF:
+        return entries, size
+    if start < _END64_LOCATOR.size:
+        return None
+    fh.seek(start - _END64_LOCATOR.size)
+    signature, _, offset, _ = _END64_LOCATOR.unpack(fh.read(_END64_LOCATOR.size))
+    if signature != b"PK\x06\x07":
+        return None
+    fh.seek(offset)
+    record = fh.read(_END64.size)
+    if len(record) < _END64.size or record[:4] != b"PK\x06\x06":
+        return None
+    fields = _END64.unpack(record)
+    return fields[7], fields[8]
+
+
 def _check_entry_count(path: Path) -> None:
     """Refuse a zip whose table of entries is too long before zipfile reads all of it.
 
@@ -215,10 +253,10 @@ def _check_entry_count(path: Path) -> None:
     took 18 s and 430 MB before any check could run. The end record says how long the table is.
     """
     with open(path, "rb") as fh:
-        end = zipfile._EndRecData(fh)  # the record zipfile itself will use (ZIP64 included)
+        end = _central_directory_extent(fh)
     if end is None:
         raise UserError(f"{path}: not a zip file (give a .zip package or a folder)")
-    entries, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    entries, size = end
     if entries > MAX_ENTRIES or size > CENTRAL_DIRECTORY_MAX_BYTES:
         raise _refuse(str(path), f"{entries:,} entries in {size:,} bytes, more than the {MAX_ENTRIES} a package "
                                  f"holds ({MAX_SYSTEMS} systems x 2 files, a report and their folders)")
