@@ -1,26 +1,32 @@
-"""Feature extraction speed: this project's cached extractor vs a per-clip librosa loop (dcase_util style).
+"""Feature extraction speed, like for like: this project vs librosa (and dcase_util) on the same number of cores.
 
-    python benchmarks/feature_extraction.py [--clips 500] [--repeat 2] [--old REV] [--workdir DIR] [--workers 0]
+    python benchmarks/feature_extraction.py [--clips 120] [--clips-256 40] [--rounds 3] [--old REV] [--workdir DIR]
 
-Generates N clips in the genuine TAU 2020 format (10 s, 48 kHz, 24-bit PCM, stereo WAV, TAU file
-names and layout) once into --workdir, reads them all once so both sides start from the page cache,
-then times, in one run on the same machine:
+Generates clips in the genuine TAU 2020 format (10 s, 48 kHz, 24-bit PCM, stereo WAV, TAU file
+names and layout) once into --workdir, reads them all once so every side starts from the page
+cache, then, for the 2020 baseline definition (features/dcase2020_baseline.yaml) and one 256-band
+stereo definition (features/koutini_256mel_22k_stereo.yaml: 48 -> 22.05 kHz), times in each round:
 
-1. librosa: the 2020 baseline's extractor, one clip after another in one process, as
-   dcase_util.features.MelExtractor does it: soundfile float64 read, mono mean, librosa.stft (Hamming
-   1920 in n_fft 2048, hop 960, centred, reflect padding), magnitude, librosa mel basis, ln(mel + eps).
-2. dcase_effdl: `features.cache.extract_features` into an empty cache with all cores, in a fresh
-   process (imports and the mel basis outside the timing).
-3. With `--old REV`: the same, with the `dcase_effdl` package of git revision REV (e.g. the commit
-   before a change to the extractor), so that a change's speed cost is measured in the same run; it
-   also says whether REV's cache entries hold the same feature values.
+1. reference: the definition's original tool chain, clip after clip, in N one-thread processes
+   (OMP/MKL/OpenBLAS/numba threads 1), each with its share of the clips, from a common start after
+   imports and numba compilation. Baseline: dcase_util's MelExtractor computation written out with
+   librosa (soundfile float64 read, mono mean, librosa.stft, magnitude, mel basis, ln(mel + eps)),
+   or dcase_util itself when it is importable; 256-band: librosa.load (soxr_hq), librosa.stft,
+   |X|**2, mel basis, power_to_db.
+2. dcase_effdl: `features.cache.extract_features` into an empty cache with N worker threads, in a
+   fresh process (imports and the mel basis outside the timing; the header survey inside).
+3. With `--old REV`: the same with the `dcase_effdl` package of git revision REV (N = all cores).
 
-With `--repeat N` the sides alternate N times and the best time of each counts (the machine may be
-shared: the load average at start and end is recorded). It prints the CPU model and its vector
-flags (AVX2 / AVX-512 / VNNI / AMX), the torch version and thread counts, and checks that this
-project and librosa agree (max difference in dB = 20 log10 of the mel magnitudes) on the float32
-features the project computes and on what its cache stores. Also reports clips/s for every 256-band
-feature definition in features/. The result is one JSON line at the end (`--json FILE` writes it too).
+4. bound: the physical floor on the same clips, in N one-thread processes like the reference:
+   audio decode alone (soundfile float32 read), resampling where the definition resamples (the same
+   soxr call) and the STFT alone (torch.stft, float32, the same FFT sizes and channels). Each round
+   also prints these per clip (one thread; decode also by dcase_effdl's reader, which converts
+   integer PCM itself).
+
+for N = 1 and N = os.cpu_count(). Rounds alternate which side goes first; medians over rounds count (the
+machine may be shared: the load average at start and end is printed). It prints the CPU model, its
+vector flags and torch's threads, checks that the project and the reference agree (max difference
+in dB) on computed and on stored features, and ends with one JSON line (`--json FILE` writes it too).
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing as mp
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +55,12 @@ SCENES = {  # 10 scenes -> 3 classes, as in TAU 2020 3Class
 }
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna")
 DB_PER_LN = 20.0 / math.log(10.0)  # ln(magnitude) -> dB
+DEFINITIONS = ("dcase2020_baseline", "koutini_256mel_22k_stereo")
+# Thread variables of the libraries under the reference (numpy's BLAS, scipy's FFT, numba): one each.
+ONE_THREAD_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}
+# Clips the bound and the accuracy check are measured on (medians per clip are stable well before).
+N_PROBE = 20
+RES_TYPES = {"soxr_hq": "soxr_hq", "soxr_vhq": "soxr_vhq", "scipy": "polyphase"}  # FeatureConfig -> librosa
 
 
 def make_clips(root: Path, n_clips: int, seed: int = 0) -> list[str]:
@@ -93,40 +107,126 @@ def warm_page_cache(root: Path, names: list[str]) -> None:
                 pass
 
 
-def librosa_reference(path: Path, cfg, librosa, window: np.ndarray, mel: np.ndarray) -> np.ndarray:
-    """One clip the dcase_util MelExtractor way (float64 throughout), -> (n_mels, frames)."""
-    y, sr = sf.read(path)  # float64, (samples, channels)
-    y = y.mean(axis=1) if y.ndim == 2 else y
-    spec = np.abs(librosa.stft(
-        y, n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length, window=window,
-        center=cfg.center, pad_mode=cfg.pad_mode,
-    ))
-    return np.log(np.dot(mel, spec) + cfg.log_eps)
 
 
-def run_librosa(root: Path, names: list[str], cfg) -> tuple[float, np.ndarray]:
-    import librosa
-    import scipy.signal
+def dcase_util_available() -> bool:
+    try:
+        import dcase_util  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    window = scipy.signal.get_window(cfg.window, cfg.win_length, fftbins=cfg.window_periodic)
-    mel = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin,
-                              fmax=cfg.fmax, htk=cfg.mel_scale == "htk", norm=cfg.mel_norm)
-    librosa_reference(root / names[0], cfg, librosa, window, mel)  # numba compilation outside the timing
-    out = np.empty((len(names), cfg.n_mels, 1 + 480_000 // cfg.hop_length), dtype=np.float64)
+
+class Reference:
+    """A definition's original tool chain for one clip: `features(path)` -> (channels, n_mels, frames)."""
+
+    def __init__(self, cfg, use_dcase_util: bool, float64: bool = False):
+        """float64: STFT and mel basis in float64 whatever the tool reads (the accuracy check's truth)."""
+        import librosa
+        import scipy.signal
+
+        self.cfg, self.librosa, self.float64 = cfg, librosa, float64
+        self.window = scipy.signal.get_window(cfg.window, cfg.win_length, fftbins=cfg.window_periodic)
+        self.mel = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin,
+                                       fmax=cfg.fmax, htk=cfg.mel_scale == "htk", norm=cfg.mel_norm,
+                                       dtype=np.float64 if float64 else np.float32)
+        self.dcase_util = None
+        if use_dcase_util and not float64 and cfg.name == "dcase2020_baseline":
+            import dcase_util
+
+            self.dcase_util = dcase_util
+            self.extractor = dcase_util.features.MelExtractor(
+                fs=cfg.sample_rate, win_length_samples=cfg.win_length, hop_length_samples=cfg.hop_length,
+                spectrogram_type="magnitude", window_type="hamming_asymmetric", n_mels=cfg.n_mels,
+                n_fft=cfg.n_fft, fmin=cfg.fmin, fmax=cfg.fmax, htk=False, normalize_mel_bands=False)
+
+    @property
+    def label(self) -> str:
+        return "dcase_util MelExtractor" if self.dcase_util else "librosa"
+
+    def features(self, path: Path) -> np.ndarray:
+        cfg, librosa = self.cfg, self.librosa
+        if self.dcase_util:
+            audio = self.dcase_util.containers.AudioContainer().load(filename=str(path), mono=True, fs=cfg.sample_rate)
+            return self.extractor.extract(audio.data)[None]
+        if sf.info(str(path)).samplerate == cfg.sample_rate:
+            y, _ = sf.read(path, always_2d=True)  # float64, as dcase_util reads
+            y = y.mean(axis=1)[None] if cfg.channels == "mono" else y.T
+        else:  # librosa.load: float32 read, mono mean, resampling
+            y, _ = librosa.load(path, sr=cfg.sample_rate, mono=cfg.channels == "mono", res_type=RES_TYPES[cfg.resample])
+            y = y[None] if y.ndim == 1 else y
+        if self.float64:
+            y = y.astype(np.float64)
+        spec = np.abs(librosa.stft(y, n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length,
+                                   window=self.window, center=cfg.center, pad_mode=cfg.pad_mode))
+        mel = np.matmul(self.mel, spec**cfg.power if cfg.power != 1.0 else spec)
+        if cfg.log == "natural":
+            return np.log(mel + cfg.log_eps)
+        if cfg.log == "db":
+            to_db = librosa.power_to_db if cfg.power == 2.0 else librosa.amplitude_to_db
+            return to_db(mel, ref=1.0, amin=cfg.log_eps, top_db=None)
+        return mel
+
+
+class Bound:
+    """The physical floor for one clip: `features(path)` = decode (soundfile float32), mono mean,
+    resampling where the definition resamples (the same soxr call) and torch.stft (float32), nothing else."""
+
+    def __init__(self, cfg):
+        import torch
+
+        from dcase_effdl.features import audio, logmel
+
+        torch.set_num_threads(1)
+        self.cfg, self.torch, self.audio, self.logmel = cfg, torch, audio, logmel
+        self.window, _ = logmel._frontend_tensors(cfg, torch.device("cpu"), torch.float32)
+
+    def features(self, path: Path):
+        cfg = self.cfg
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        x = data.T.mean(axis=0, keepdims=True) if cfg.channels == "mono" else np.ascontiguousarray(data.T)
+        x = self.audio.resample(np.ascontiguousarray(x), rate, cfg.sample_rate, cfg.resample)
+        return self.logmel._stft(self.torch.from_numpy(x), cfg, self.window)
+
+
+def _worker(kind: str, definition: str, paths: list[str], use_dcase_util: bool, barrier, results) -> None:
+    from dcase_effdl.config import load_features
+
+    cfg = load_features(definition)
+    side = Reference(cfg, use_dcase_util) if kind == "reference" else Bound(cfg)
+    side.features(Path(paths[0]))  # numba compilation and first-call costs outside the timing
+    barrier.wait()
     start = time.perf_counter()
-    for i, name in enumerate(names):
-        out[i] = librosa_reference(root / name, cfg, librosa, window, mel)
-    return time.perf_counter() - start, out
+    for path in paths:
+        side.features(Path(path))
+    results.put(time.perf_counter() - start)
 
 
-def run_project(root: Path, names: list[str], cfg, cache: Path, workers: int):
-    from dcase_effdl.features.cache import extract_features
-
-    shutil.rmtree(cache, ignore_errors=True)
+def run_processes(kind: str, definition: Path, root: Path, names: list[str], n_procs: int, use_dcase_util: bool) -> float:
+    """Wall seconds for `kind` ('reference' or 'bound') to do every clip in `n_procs` one-thread processes."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(n_procs + 1), ctx.Queue()
+    shares = [[str(root / n) for n in names[i::n_procs]] for i in range(n_procs)]
+    saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
+    os.environ.update(ONE_THREAD_ENV)  # inherited by the spawned processes only (this one has its threads)
+    try:
+        procs = [ctx.Process(target=_worker, args=(kind, str(definition), share, use_dcase_util, barrier, results))
+                 for share in shares]
+        for proc in procs:
+            proc.start()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    barrier.wait(timeout=600)
     start = time.perf_counter()
-    store = extract_features(root, names, cfg, cache, workers=workers, on_bad_audio="stop")
+    for _ in procs:
+        results.get(timeout=3600)
     seconds = time.perf_counter() - start
-    return seconds, store
+    for proc in procs:
+        proc.join()
+        if proc.exitcode != 0:
+            raise SystemExit(f"{kind} worker failed with exit code {proc.exitcode}")
+    return seconds
 
 
 # Times extract_features in a fresh process: argv = definition yaml, root, names file, cache, workers.
@@ -178,94 +278,151 @@ def same_features(a: dict, b: dict) -> tuple[int, int]:
     return same, len(a)
 
 
-def max_db_difference(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))) * DB_PER_LN)
+def measure_bound(root: Path, names: list[str], cfg) -> dict:
+    """Median ms per clip, one thread, of decode (soundfile; dcase_effdl's read), resampling and STFT."""
+    import torch
+
+    from dcase_effdl.features import audio, logmel
+
+    def timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        return out, (time.perf_counter() - start) * 1e3
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    window, _ = logmel._frontend_tensors(cfg, torch.device("cpu"), torch.float32)
+    rows: dict[str, list[float]] = {"decode_soundfile": [], "decode_dcase_effdl": [], "resample": [], "stft": []}
+    try:
+        for name in names[:N_PROBE]:
+            path = root / name
+            (data, rate), ms = timed(lambda: sf.read(path, dtype="float32", always_2d=True))
+            rows["decode_soundfile"].append(ms)
+            with audio._open(path) as f:
+                _, ms = timed(lambda: audio._read_pcm(path, f, f.frames))
+            rows["decode_dcase_effdl"].append(ms)
+            x = data.T.mean(axis=0, keepdims=True) if cfg.channels == "mono" else np.ascontiguousarray(data.T)
+            x, ms = timed(lambda: audio.resample(np.ascontiguousarray(x), rate, cfg.sample_rate, cfg.resample))
+            rows["resample"].append(ms)
+            xt = torch.from_numpy(np.ascontiguousarray(x))
+            _, ms = timed(lambda: logmel._stft(xt, cfg, window))
+            rows["stft"].append(ms)
+    finally:
+        torch.set_num_threads(threads)
+    return {k: statistics.median(v) for k, v in rows.items()}
+
+
+def max_db_difference(a: np.ndarray, b: np.ndarray, cfg) -> float:
+    """Max |a - b| in dB of magnitude (ln units for log 'natural', dB already for 'db')."""
+    diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+    return diff * DB_PER_LN / cfg.power if cfg.log == "natural" else diff
+
+
+def bench_definition(name: str, root: Path, names: list[str], args, old_root, use_dcase_util: bool) -> dict:
+    from dcase_effdl.config import load_features
+    from dcase_effdl.features import logmel
+    from dcase_effdl.features.audio import load_audio
+    from dcase_effdl.features.cache import FeatureStore
+
+    definition = REPO / "features" / f"{name}.yaml"
+    cfg = load_features(definition)
+    cores = os.cpu_count() or 1
+    counts = sorted({1, cores})
+    ref_label = Reference(cfg, use_dcase_util).label if use_dcase_util else "librosa"
+    print(f"\n{name}: {logmel.feature_shape(cfg)} per clip, {cfg.sample_rate} Hz {cfg.channels}, n_fft {cfg.n_fft}, "
+          f"hop {cfg.hop_length}; {len(names)} clips; reference: {ref_label}")
+    rates: dict[str, list[float]] = {}
+    bounds: list[dict] = []
+    runs: dict[str, dict] = {}
+    workdir = Path(args.workdir)
+    for r in range(args.rounds):
+        line = []
+        for n in counts:
+            sides = [("ref", None), ("new", REPO), ("bound", None)]
+            sides += [("old", old_root)] if old_root and n == cores else []
+            for side, package in sides if r % 2 == 0 else sides[::-1]:  # alternate which goes first
+                if side in ("ref", "bound"):
+                    kind = "reference" if side == "ref" else "bound"
+                    seconds = run_processes(kind, definition, root, names, n, use_dcase_util)
+                else:
+                    runs[side] = run_package(package, definition, root, names, workdir / f"cache-{side}", n)
+                    seconds = runs[side]["seconds"]
+                rates.setdefault(f"{side}_{n}", []).append(len(names) / seconds)
+            ratio = rates[f"new_{n}"][-1] / rates[f"ref_{n}"][-1]
+            line.append(f"N={n}: {ref_label} {rates[f'ref_{n}'][-1]:.1f}, dcase_effdl {rates[f'new_{n}'][-1]:.1f} clips/s "
+                        f"({ratio:.2f}x), bound {rates[f'bound_{n}'][-1]:.1f}"
+                        + (f", {args.old} {rates[f'old_{n}'][-1]:.1f}" if f"old_{n}" in rates else ""))
+        bounds.append(measure_bound(root, names, cfg))
+        b = bounds[-1]
+        print(f"  round {r + 1}: " + "; ".join(line) + f"; 1 thread per clip: decode {b['decode_soundfile']:.1f} ms "
+              f"(soundfile) / {b['decode_dcase_effdl']:.1f} ms (dcase_effdl), resample {b['resample']:.1f} ms, "
+              f"STFT {b['stft']:.1f} ms")
+
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    bound = {k: statistics.median(b[k] for b in bounds) for k in bounds[0]}
+    out = {f"{k}_clips_per_s": v for k, v in med.items()}
+    out.update({f"bound_{k}_ms": v for k, v in bound.items()})
+    for n in counts:
+        out[f"like_for_like_{n}"] = med[f"new_{n}"] / med[f"ref_{n}"]
+        out[f"of_bound_{n}"] = med[f"new_{n}"] / med[f"bound_{n}"]
+    print(f"  median of {args.rounds}: like for like " + ", ".join(
+        f"N={n} {out[f'like_for_like_{n}']:.2f}x ({med[f'new_{n}']:.1f} vs {med[f'ref_{n}']:.1f} clips/s)" for n in counts))
+    print("  bound (soundfile decode + resample + STFT alone, N one-thread processes): " + ", ".join(
+        f"N={n} {med[f'bound_{n}']:.1f} clips/s, dcase_effdl at {100 * out[f'of_bound_{n}']:.0f} % of it" for n in counts)
+        + f"; per clip: decode {bound['decode_soundfile']:.1f} + resample {bound['resample']:.1f} + STFT "
+          f"{bound['stft']:.1f} ms")
+    if old_root:
+        out["old_clips_per_s"] = med[f"old_{cores}"]
+        out["same_stored_features_as_old"], _ = same_features(runs["new"]["entries"], runs["old"]["entries"])
+        print(f"  {args.old}: {med[f'old_{cores}']:.1f} clips/s on {cores} cores, this code {med[f'new_{cores}'] / med[f'old_{cores}']:.2f}x "
+              f"its speed; stored features identical for {out['same_stored_features_as_old']} of {len(names)} clips")
+
+    # Agreement with the reference on the probe clips: as computed (float32) and as stored (cache).
+    ref = Reference(cfg, use_dcase_util=False, float64=True)
+    probe = names[:N_PROBE]
+    expected = np.stack([ref.features(root / n) for n in probe])
+    computed = np.stack([logmel.logmel(load_audio(root / n, cfg), cfg) for n in probe])
+    entries = {n: Path(runs["new"]["entries"][n]) for n in probe}
+    store = FeatureStore(entries[probe[0]].parent, logmel.feature_key(cfg), cfg, entries)
+    stored = np.stack([store.load(n) for n in probe])
+    out["max_diff_db_computed"] = max_db_difference(computed, expected, cfg)
+    out["max_diff_db_stored"] = max_db_difference(stored, expected, cfg)
+    print(f"  max |difference| vs {ref.label} in float64 on {len(probe)} clips: {out['max_diff_db_computed']:.2e} dB as computed "
+          f"(float32), {out['max_diff_db_stored']:.2e} dB as stored ({np.load(entries[probe[0]]).dtype})")
+    for side in ("new", "old"):
+        shutil.rmtree(workdir / f"cache-{side}", ignore_errors=True)
+    return out
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clips", type=int, default=500)
+    parser.add_argument("--clips", type=int, default=120, help="clips for the baseline definition")
+    parser.add_argument("--clips-256", type=int, default=40, help="clips for the 256-band definition (0: skip it)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every measurement; medians count")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "dcase_effdl_bench"))
-    parser.add_argument("--workers", type=int, default=0, help="extraction threads (0: all cores)")
-    parser.add_argument("--repeat", type=int, default=1, help="alternate librosa / dcase_effdl N times, keep the best")
-    parser.add_argument("--skip-256", action="store_true", help="skip the 256-band definitions")
-    parser.add_argument("--clips-256", type=int, default=100, help="clips for each 256-band definition")
     parser.add_argument("--old", metavar="REV", help="also time the extractor of this git revision, in the same run")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args(argv)
 
-    from dcase_effdl.features import logmel as features
-    from dcase_effdl.features.audio import load_audio
-    from dcase_effdl.config import load_features
     from dcase_effdl.machine import describe, machine
 
     workdir = Path(args.workdir)
     root = workdir / "tau-bench"
     t0 = time.perf_counter()
-    names = make_clips(root, args.clips)
+    names = make_clips(root, max(args.clips, args.clips_256))
     print(f"{len(names)} clips (10 s, 48 kHz, 24-bit stereo WAV) in {root} ({time.perf_counter() - t0:.0f} s to prepare)")
     warm_page_cache(root, names)
-    definition = REPO / "features" / "dcase2020_baseline.yaml"
-    cfg = load_features(definition)
-    result = {"clips": len(names), **machine(), "definition": cfg.name,
-              "load_average_start": round(os.getloadavg()[0], 2)}
+    result = {"clips": args.clips, "clips_256": args.clips_256, **machine(), "load_average_start": round(os.getloadavg()[0], 2)}
     print(describe(result))
+    use_dcase_util = dcase_util_available()
+    print("reference threads: " + ", ".join(f"{k}={v}" for k, v in ONE_THREAD_ENV.items()) + " per process; dcase_util "
+          + ("importable: its MelExtractor is the baseline's reference" if use_dcase_util else
+             "not importable (not installed): the baseline's reference is its computation written out with librosa"))
     old_root = export_revision(args.old, workdir / "old-package") if args.old else None
-
-    best = {"librosa": float("inf"), "new": float("inf"), "old": float("inf")}
-    sides = [("new", REPO, "dcase_effdl extract_features (this code)")]
-    if old_root:
-        sides.append(("old", old_root, f"dcase_effdl extract_features ({args.old})"))
-    runs = {}
-    for i in range(max(args.repeat, 1)):
-        t, ref = run_librosa(root, names, cfg)
-        print(f"{'librosa per-clip loop (1 process)':40s} {t:7.1f} s  {len(names) / t:6.1f} clips/s")
-        best["librosa"] = min(best["librosa"], t)
-        for side, package, label in sides if i % 2 == 0 else sides[::-1]:  # alternate which goes first
-            runs[side] = run_package(package, definition, root, names, workdir / f"cache-{side}", args.workers)
-            seconds = runs[side]["seconds"]
-            print(f"{label:40s} {seconds:7.1f} s  {len(names) / seconds:6.1f} clips/s  (threads: {runs[side]['threads']})")
-            best[side] = min(best[side], seconds)
-    result["librosa_clips_per_s"] = len(names) / best["librosa"]
-    result["dcase_effdl_clips_per_s"] = len(names) / best["new"]
-    result["speedup"] = best["librosa"] / best["new"]
-    summary = (f"best of {max(args.repeat, 1)}: librosa {result['librosa_clips_per_s']:.1f} clips/s, dcase_effdl "
-               f"{result['dcase_effdl_clips_per_s']:.1f} clips/s: {result['speedup']:.2f}x librosa")
-    if old_root:
-        result["old_rev"] = args.old
-        result["old_clips_per_s"] = len(names) / best["old"]
-        result["old_speedup"] = best["librosa"] / best["old"]
-        result["new_vs_old"] = best["old"] / best["new"]
-        result["same_stored_features_as_old"], _ = same_features(runs["new"]["entries"], runs["old"]["entries"])
-        summary += (f"; {args.old} {result['old_clips_per_s']:.1f} clips/s ({result['old_speedup']:.2f}x librosa): "
-                    f"this code runs at {result['new_vs_old']:.2f}x its speed; stored features identical for "
-                    f"{result['same_stored_features_as_old']} of {len(names)} clips")
-    print(summary)
-    shutil.rmtree(workdir / "cache-new", ignore_errors=True)
-    shutil.rmtree(workdir / "cache-old", ignore_errors=True)
-    _, store = run_project(root, names, cfg, workdir / "cache", args.workers)  # in-process, for the checks
-
-    stored = np.stack([store.load(n)[0] for n in names])  # (N, n_mels, frames) from the cache
-    n_check = min(len(names), 100)  # float32 recomputation: 100 clips show the arithmetic; storage checks all
-    computed = np.stack([features.logmel(load_audio(root / n, cfg), cfg)[0] for n in names[:n_check]])
-    result["max_diff_db_computed"] = max_db_difference(computed, ref[:n_check])
-    result["max_diff_db_stored"] = max_db_difference(stored, ref)
-    result["stored_dtype"] = str(np.load(store.entry_path(names[0]), allow_pickle=False).dtype)
-    print(f"max |difference| vs librosa: {result['max_diff_db_computed']:.2e} dB as computed (float32), "
-          f"{result['max_diff_db_stored']:.2e} dB as stored ({result['stored_dtype']})")
-
-    if not args.skip_256:
-        for path in sorted((REPO / "features").glob("*.yaml")):
-            feat = load_features(path)
-            if feat.n_mels != 256:
-                continue
-            subset = names[: args.clips_256]
-            t, _ = run_project(root, subset, feat, workdir / "cache256", args.workers)
-            result[f"{feat.name}_clips_per_s"] = len(subset) / t
-            print(f"dcase_effdl {feat.name} ({feat.n_mels} bands, {feat.sample_rate} Hz, {feat.channels}): "
-                  f"{len(subset)} clips in {t:.1f} s, {len(subset) / t:.1f} clips/s")
-    shutil.rmtree(workdir / "cache", ignore_errors=True)
-    shutil.rmtree(workdir / "cache256", ignore_errors=True)
+    for name, n_clips in zip(DEFINITIONS, (args.clips, args.clips_256)):
+        if n_clips > 0:
+            for key, value in bench_definition(name, root, names[:n_clips], args, old_root, use_dcase_util).items():
+                result[f"{name}.{key}"] = value
     result["load_average_end"] = round(os.getloadavg()[0], 2)
     line = json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()})
     print(line)

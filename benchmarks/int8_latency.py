@@ -1,35 +1,54 @@
-"""int8 vs float32 (and float16) CPU latency of a model, measured in one run (ratios are what to compare).
+"""int8 vs float32 CPU latency of one model, in PyTorch and in ONNX Runtime, measured in one run (ratios are what to compare).
 
-    python benchmarks/int8_latency.py                      # the 2020 baseline, batch 1 and 64, 2 threads
+    python benchmarks/int8_latency.py                      # recipes/int8.yaml's model, batch 1 and 64, 2 then 1 thread
     python benchmarks/int8_latency.py --compile            # also torch.compile'd float32 (slow to build)
-    python benchmarks/int8_latency.py --model dcase2020_baseline --batches 1 64 --threads 2 --repeats 20
+    python benchmarks/int8_latency.py --recipe recipes/hu_fast.yaml --batches 1 64 --threads 2 1 --repeats 20
+    python benchmarks/int8_latency.py --model dcase2020_baseline --input 1 40 500   # a model family's defaults
 
-The float32 reference is made fair: batch norm folded into the convolutions, channels-last memory
-format, inference mode (and, with --compile, inductor-compiled once per batch size with weight
-freezing, which prepacks the weights and fuses conv + ReLU). The int8
-model is the recipe step `{method: int8}` (oneDNN integer kernels, `compress/int8_kernels.py`)
-calibrated on random inputs: the weights are random too, so latency, not accuracy, is measured.
-Timings alternate between the models round by round so that a busy machine slows both alike; the
-median of the rounds is reported.
+Rows, all on the same model and inputs: float32 eager as trained; float32 made fair (batch norm
+folded into the convolutions, channels-last, inference mode; with --compile also inductor-compiled
+once per batch size with weight freezing, which prepacks the weights and fuses conv + ReLU); ONNX
+Runtime float32 (the float model exported by `deploy.onnx_export`; onnxruntime folds batch norm and
+fuses conv + ReLU itself); ONNX Runtime int8 (the int8 variant in QDQ form, `deploy.portable`,
+which onnxruntime runs as QLinearConv / QLinearMatMul); and the project's int8 (the recipe's own
+`{method: int8}` step on oneDNN integer kernels, `compress/int8_kernels.py`), calibrated on random
+inputs: the weights are random too, so latency, not accuracy, is measured. onnxruntime's threads
+are told not to spin and torch's OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE), since a
+spinning thread pool slows every other row ~5x on a shared machine. Timings alternate between the
+rows round by round so that a busy machine slows all alike; the median of the rounds is reported.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import statistics
-import time
+import os
 
-import torch
-import torch._dynamo
-import torch._inductor.config
-import torch.nn as nn
+# Read once, when torch loads its OpenMP runtime: set it before importing torch (spinning OpenMP
+# threads made 2 threads run at half the speed of 1 on a shared 2-core machine, issue 16).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from dcase_effdl.compress import CompressContext, apply_steps, parse_steps
-from dcase_effdl.compress.int8 import fold_batch_norm, plan_layers
-from dcase_effdl.data.bundle import DataBundle
-from dcase_effdl.machine import describe
-from dcase_effdl.models import ModelSpec, model_params
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch._dynamo  # noqa: E402
+import torch._inductor.config  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from dcase_effdl.compress import CompressContext, apply_steps  # noqa: E402
+from dcase_effdl.compress.int8 import Int8Config, fold_batch_norm, plan_layers  # noqa: E402
+from dcase_effdl.data.bundle import DataBundle  # noqa: E402
+from dcase_effdl.errors import UserError  # noqa: E402
+from dcase_effdl.machine import cpu, describe  # noqa: E402
+from dcase_effdl.models import ModelSpec, model_params  # noqa: E402
+
+# Issue 16's targets: the project's int8 over onnxruntime float32 on the same model and CPU.
+TARGETS = {1: 1.3, 64: 1.5}
+# What oneDNN's int8 kernels run fastest on; without them (AVX2) u8 x s8 products are summed in pairs in int16.
+INT8_FLAGS = ("avx512_vnni", "amx_int8")
+INT8, ORT32, ORT8 = "int8 (project, oneDNN kernels)", "ONNX Runtime float32", "ONNX Runtime int8 (QDQ)"
 
 
 def float32_fair(model: nn.Module) -> nn.Module:
@@ -58,45 +77,95 @@ def time_rounds(fns: dict, x: torch.Tensor, repeats: int, warmup: int) -> dict[s
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
+def model_and_step(args) -> tuple[ModelSpec, Int8Config, str]:
+    """(model spec, int8 step, what was measured in words) from --recipe/--variant or --model/--input."""
+    if args.model:
+        c, f, t = args.input
+        return ModelSpec(args.model, model_params(args.model), 3, c, f, t), Int8Config(), f"model {args.model} (defaults)"
+    from dcase_effdl.config import load_recipe
+    from dcase_effdl.pipeline import resolve
+
+    recipe, feat = load_recipe(args.recipe)
+    plan = resolve(recipe, feat, args.recipe)
+    for variant, steps in zip(recipe.variants, plan.steps):
+        int8 = [s for s in steps if isinstance(s, Int8Config)]
+        if int8 and (args.variant is None or variant.name == args.variant):
+            return plan.spec, int8[0], f"{args.recipe}: variant {variant.name}, model {plan.spec.family}"
+    raise UserError(f"{args.recipe}: no variant {'named ' + repr(args.variant) + ' ' if args.variant else ''}with an int8 step")
+
+
+def ort_sessions(model: nn.Module, int8: nn.Module, shape: tuple[int, ...], threads: list[int]) -> dict:
+    """{threads: (float32 session, int8 QDQ session)}, or {} with a note when onnxruntime is missing."""
+    from dcase_effdl.deploy import onnx_export
+    from dcase_effdl.deploy.portable import portable_module
+
+    try:
+        onnx_export.require_runtime()
+    except UserError as exc:
+        print(f"note: no ONNX Runtime rows ({exc})")
+        return {}
+    import onnxruntime as ort
+
+    float32 = onnx_export.to_onnx(model, shape, float16_storage=False)
+    qdq = onnx_export.to_onnx(portable_module(int8)[0], shape, float16_storage=False)
+
+    def session(onnx_model: bytes, n: int):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = n
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module docstring
+        opts.log_severity_level = 3
+        return ort.InferenceSession(onnx_model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+    print(f"onnxruntime {ort.__version__} (CPU execution provider, intra-op threads as torch's, not spinning)")
+    return {n: (session(float32, n), session(qdq, n)) for n in threads}
+
+
+def ort_fn(sess):
+    name_in, name_out = sess.get_inputs()[0].name, sess.get_outputs()[0].name
+    return lambda x: sess.run([name_out], {name_in: x.numpy()})[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="dcase2020_baseline")
-    parser.add_argument("--input", type=int, nargs=3, default=[1, 40, 500], metavar=("C", "F", "T"))
+    parser.add_argument("--recipe", default="recipes/int8.yaml", help="model and int8 step from this recipe")
+    parser.add_argument("--variant", help="the recipe's variant whose int8 step is used (default: the first one)")
+    parser.add_argument("--model", help="instead of a recipe: this model family with its default knobs")
+    parser.add_argument("--input", type=int, nargs=3, default=[1, 40, 500], metavar=("C", "F", "T"), help="with --model")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd float32")
+    parser.add_argument("--float16", action="store_true", help="also time computing in float16 (eager)")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    c, f, t = args.input
-    spec = ModelSpec(args.model, model_params(args.model), 3, c, f, t)
+    spec, step, what = model_and_step(args)
+    shape = spec.input_shape
     model = spec.build().eval()
     with torch.no_grad():  # trained-like batch norm statistics
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(128, c, f, t)
+    x = torch.randn(128, *shape)
     y = torch.zeros(128, dtype=torch.long)
     calib = DataBundle(["a", "b", "c"], x, y, x[:0], y[:0], x[:0], y[:0], [])
-    int8 = apply_steps(model, parse_steps([{"method": "int8"}], "benchmark"),
-                       CompressContext(bundle=calib, model_spec=spec, size_policy="dcase2020")).module
+    int8 = apply_steps(model, [step], CompressContext(bundle=calib, model_spec=spec, size_policy="dcase2020")).module
     fair = float32_fair(model)
-    half = copy.deepcopy(model).half()  # what computing in float16 would cost (the float16 step only stores it)
+    half = copy.deepcopy(model).half() if args.float16 else None
 
     print(describe())
-    print(f"model {args.model}, input {tuple(args.input)}")
+    print(f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; {what}, input {tuple(shape)}")
+    sessions = ort_sessions(model, int8, shape, args.threads)
+    ratios = {}
     for batch in args.batches:
-        x = torch.randn(batch, c, f, t)
-        x_cl = x.contiguous(memory_format=torch.channels_last)
+        x = torch.randn(batch, *shape)
         fns = {
             "float32 (eager, as trained)": model,
             "float32 (BN folded, channels-last)": lambda inp: fair(inp.contiguous(memory_format=torch.channels_last)),
-            "int8 (oneDNN kernels, eager)": int8,
-            "float16 (eager, computed in float16)": lambda inp: half(inp.half()),
         }
         if args.compile:
             # freezing: weights become constants, so inductor prepacks them and fuses conv + ReLU (oneDNN)
@@ -105,17 +174,45 @@ def main() -> None:
             compiled = torch.compile(fair, dynamic=False)
             start = time.perf_counter()
             with torch.inference_mode():
-                compiled(x_cl)
+                compiled(x.contiguous(memory_format=torch.channels_last))
             print(f"  (batch {batch}: float32 compile took {time.perf_counter() - start:.1f} s)")
-            fns["float32 (BN folded, channels-last, compiled)"] = compiled
+            fns["float32 (BN folded, channels-last, compiled)"] = lambda inp: compiled(inp.contiguous(memory_format=torch.channels_last))
+        if half is not None:
+            fns["float16 (eager, computed in float16)"] = lambda inp: half(inp.half())
+        fns[INT8] = int8
         with torch.inference_mode():
-            agree = (model(x).argmax(1) == int8(x).argmax(1)).float().mean().item()
-        ms = time_rounds(fns, x, args.repeats, args.warmup)
-        print(f"batch {batch} (median of {args.repeats} alternating rounds; int8/float32 argmax agreement {100 * agree:.0f} %):")
-        int8_ms = ms["int8 (oneDNN kernels, eager)"]
-        for name, value in ms.items():
-            ratio = "" if name.startswith("int8") else f"   int8 speed-up x{value / int8_ms:.2f}"
-            print(f"  {name:<46} {value:9.2f} ms/batch{ratio}")
+            ref, got = model(x), int8(x)
+        agree = f"int8/float32 argmax agreement {100 * (ref.argmax(1) == got.argmax(1)).float().mean().item():.0f} %"
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            row_fns = dict(fns)
+            if threads in sessions:
+                s32, s8 = sessions[threads]
+                row_fns[ORT32], row_fns[ORT8] = ort_fn(s32), ort_fn(s8)
+                diff = np.abs(row_fns[ORT8](x) - got.numpy()).max() / max(float(got.abs().max()), 1e-12)
+                agree_t = f"{agree}; ORT int8 logits within {diff:.1e} x max |logit| of the project's"
+            else:
+                agree_t = agree
+            ms = time_rounds(row_fns, x, args.repeats, args.warmup)
+            print(f"batch {batch}, {threads} thread{'s' if threads > 1 else ''} (median of {args.repeats} alternating "
+                  f"rounds; {agree_t}):")
+            for name, value in ms.items():
+                ratio = "" if name == INT8 else f"   project int8 speed-up x{value / ms[INT8]:.2f}"
+                print(f"  {name:<46} {value:9.2f} ms/batch{ratio}")
+            if ORT32 in ms:
+                ratios[batch, threads] = ms[ORT32] / ms[INT8]
+
+    flags = cpu()[1].split()
+    missing = [f for f in INT8_FLAGS if f not in flags]
+    print("project int8 over ONNX Runtime float32 (issue 16 targets: x1.5 at batch 64, x1.3 at batch 1):")
+    for (batch, threads), r in ratios.items():
+        target = TARGETS.get(batch)
+        verdict = "" if target is None else f" (target x{target}: {'met' if r >= target else 'NOT met'})"
+        print(f"  batch {batch}, {threads} thread{'s' if threads > 1 else ''}: x{r:.2f}{verdict}")
+    if missing:
+        print(f"this CPU lacks {' and '.join(missing)}: oneDNN's int8 kernels run without VNNI dot products"
+              + (" (u8 x s8 pairs summed in int16)" if "avx512_vnni" in missing and "avx_vnni" not in flags else "")
+              + ", so the targets, set on a VNNI + AMX CPU, may be out of reach here")
 
 
 if __name__ == "__main__":

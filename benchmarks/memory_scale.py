@@ -6,12 +6,13 @@
 Generates 10-s stereo 48 kHz clips (the TAU format) for N and 4N clips, extracts each definition's
 features once (not measured), then runs `dcase-effdl run recipes/quickstart.yaml` (1 epoch) with
 each definition (the 2020 baseline CNN, its second pool shortened for 431 frames), alone and under
-`torchrun --nproc_per_node 2`, sampling the summed RSS of the
-run's process tree every 20 ms (RSS counts a process's own pages and the file pages it maps, not
-the page cache that serves its reads). Prints bytes per clip of the slope between N and 4N and
-the extrapolation to the TAU development sets (14,400 and 23,040 clips), then the training
-throughput of packed, per-batch features against the whole split loaded in RAM (in this process,
-one epoch each, same model and seed).
+`torchrun --nproc_per_node 2`, sampling the RSS of each process of the run's tree (ranks and their
+loader workers) every 20 ms: the largest one process reaches, the tree's sum, and the tree's summed
+PSS (RSS counts a process's own pages and the file pages it maps, not the page cache that serves
+its reads). Prints KB per clip of the slope between N and 4N and the extrapolation to the TAU
+development sets (14,400 and 23,040 clips) of each, then the training throughput of packed,
+per-batch features against the whole split loaded in RAM, with 0, 1 and 2 loader workers (in this
+process, same model and seed).
 """
 
 from __future__ import annotations
@@ -34,8 +35,17 @@ MB = 1024**2
 MODEL_SETTINGS = {"koutini_256mel_22k_stereo": ["model.params.pool_sizes=[[5, 5], [4, 10]]"]}
 
 
-def tree_rss(root_pid: int) -> int:
-    """Summed VmRSS (bytes) of `root_pid` and its descendants, from /proc."""
+def _status_kb(pid: int, field: str, name: str = "status") -> int:
+    """A `field:` line of /proc/<pid>/<name> in bytes (0 when the process is gone or has no such line)."""
+    try:
+        with open(f"/proc/{pid}/{name}") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":")), 0)
+    except OSError:
+        return 0
+
+
+def tree(root_pid: int) -> list[int]:
+    """`root_pid` and its descendants, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -45,28 +55,29 @@ def tree_rss(root_pid: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [root_pid]
+    found, todo = [], [root_pid]
     while todo:
         pid = todo.pop()
+        found.append(pid)
         todo.extend(children.get(pid, ()))
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return total
+    return found
 
 
-def peak_rss(cmd: list[str], env: dict) -> tuple[int, float]:
-    """(peak summed RSS in bytes, seconds) of running `cmd`; raises when it fails."""
+def peak_rss(cmd: list[str], env: dict) -> tuple[dict, float]:
+    """({"process": largest peak RSS of one process, "sum": peak summed RSS, "pss": peak summed PSS} in bytes,
+    seconds) of running `cmd`; raises when it fails. A forked loader worker shares its parent's pages, and
+    RSS counts them in both: PSS divides a shared page among its sharers, so the PSS sum is the tree's
+    real footprint."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, done = 0, threading.Event()
+    peak, done = {"process": 0, "sum": 0, "pss": 0}, threading.Event()
 
     def sample():
-        nonlocal peak
         while not done.is_set():
-            peak = max(peak, tree_rss(proc.pid))
+            rss = [_status_kb(pid, "VmRSS") for pid in tree(proc.pid)]
+            pss = sum(_status_kb(pid, "Pss", "smaps_rollup") for pid in tree(proc.pid))
+            peak.update(process=max(peak["process"], max(rss, default=0)), sum=max(peak["sum"], sum(rss)),
+                        pss=max(peak["pss"], pss))
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -79,8 +90,12 @@ def peak_rss(cmd: list[str], env: dict) -> tuple[int, float]:
     return peak, time.perf_counter() - start
 
 
-def throughput(recipe_path: str, overrides: list[str], data: Path) -> tuple[float, float]:
-    """Training clips/s of one epoch on packed per-batch features and on the same split in RAM."""
+FEEDS = (("in RAM", 0), ("packed", 0), ("packed", 1), ("packed", 2), ("in RAM", 1))  # (source, loader_workers)
+
+
+def throughput(recipe_path: str, overrides: list[str], data: Path, epochs: int = 3) -> dict:
+    """Training clips/s of the mini-batch loop per (source, loader_workers) of FEEDS: packed per-batch features
+    or the same split in RAM; epochs 2.. only (the first starts the workers)."""
     import torch
 
     from dcase_effdl.config import load_recipe
@@ -92,14 +107,15 @@ def throughput(recipe_path: str, overrides: list[str], data: Path) -> tuple[floa
     bundle = prepare_data(recipe, feat, str(data))
     torch.set_num_threads(recipe.train.threads)
     packed = replace(bundle, x_val=bundle.x_val[:0])  # no validation: only the mini-batch loop is compared
-    in_ram = replace(packed, x_train=bundle.x_train[:])  # today's path: the whole split as one float32 tensor
-    rates = []
-    for b in (packed, in_ram):
+    sources = {"packed": packed, "in RAM": replace(packed, x_train=bundle.x_train[:])}  # the whole split as one float32 tensor
+    rates = {}
+    for source, workers in FEEDS:
         torch.manual_seed(recipe.seed)
         model = spec.build()
-        row = fit(model, b, recipe.train, seed=recipe.seed, tune=FineTune(epochs=1), desc="throughput").epochs[0]
-        rates.append(len(b.x_train) / row["train_seconds"])
-    return rates[0], rates[1]
+        cfg = replace(recipe.train, loader_workers=workers)
+        rows = fit(model, sources[source], cfg, seed=recipe.seed, tune=FineTune(epochs=epochs), desc="throughput").epochs[1:]
+        rates[source, workers] = len(bundle.x_train) * len(rows) / sum(r["train_seconds"] for r in rows)
+    return rates
 
 
 def main() -> None:
@@ -141,21 +157,26 @@ def main() -> None:
                            "--out", str(work / f"run-{name}-{n}-{ranks}"), *[a for s in common for a in ("--set", s)]]
                     peak, seconds = peak_rss(cmd, env)
                     rows.append((name, ranks, n_clips, peak, seconds))
-                    print(f"{name:28s} {ranks} process(es) {n_clips:5d} clips: peak RSS {peak / MB:8.1f} MB "
+                    print(f"{name:28s} {ranks} rank(s) {n_clips:5d} clips: peak RSS {peak['process'] / MB:7.1f} MB "
+                          f"per process, {peak['sum'] / MB:7.1f} MB summed, PSS {peak['pss'] / MB:7.1f} MB summed "
                           f"({seconds:.0f} s)", flush=True)
             rates[name] = throughput(recipe_path, common, roots[sizes[1]])
-        print(f"\n{'definition':28s} {'procs':>5} {'RSS N':>9} {'RSS 4N':>9} {'slope':>12} "
-              + " ".join(f"{f'@{t:,}':>10}" for t in TARGETS))
+        print(f"\n{'definition':28s} {'procs':>5} {'measure':>18} {'N':>9} {'4N':>9} {'slope':>13} "
+              + " ".join(f"{f'@{t:,}':>9}" for t in TARGETS))
         for name in args.definitions:
             for ranks in args.ranks:
                 (n0, r0), (n1, r1) = [(r[2], r[3]) for r in rows if r[0] == name and r[1] == ranks]
-                slope = (r1 - r0) / (n1 - n0)
-                fits = " ".join(f"{(r0 + slope * (t - n0)) / MB:8.0f}MB" for t in TARGETS)
-                print(f"{name:28s} {ranks:5d} {r0 / MB:7.0f}MB {r1 / MB:7.0f}MB {slope / 1024:7.1f} KB/clip {fits}")
-        print(f"\ntraining throughput, 1 epoch on {sizes[1]} generated clips' training fold ({args.threads} thread(s)):")
-        for name, (packed, ram) in rates.items():
-            print(f"  {name:28s} packed per batch {packed:7.1f} clips/s, in RAM {ram:7.1f} clips/s "
-                  f"(ratio {packed / ram:.2f})")
+                for measure, label in (("process", "RSS, one process"), ("sum", "RSS, sum"), ("pss", "PSS, sum")):
+                    slope = (r1[measure] - r0[measure]) / (n1 - n0)
+                    fits = " ".join(f"{(r0[measure] + slope * (t - n0)) / MB:7.0f}MB" for t in TARGETS)
+                    print(f"{name:28s} {ranks:5d} {label:>18} {r0[measure] / MB:7.0f}MB {r1[measure] / MB:7.0f}MB "
+                          f"{slope / 1024:6.1f} KB/clip {fits}")
+        print(f"\ntraining throughput, epochs 2-3 on {sizes[1]} generated clips' training fold ({args.threads} thread(s); "
+              f"ratio: against in RAM, read in the loop):")
+        for name, by_feed in rates.items():
+            base = by_feed["in RAM", 0]
+            for (source, workers), rate in by_feed.items():
+                print(f"  {name:28s} {source:7s} loader_workers={workers}: {rate:7.1f} clips/s (ratio {rate / base:.2f})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -324,6 +324,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # feature-extraction processes: 0 = all cores
     threads: int = 0  # torch intra-op threads: 0 = the physical cores this process may use (machine.py)
+    # Processes reading and augmenting training batches ahead of the step (0: in the loop). Measured on 2
+    # busy cores (benchmarks/memory_scale.py): 2020 baseline 8.3 / 9.2 / 11.9 clips/s with 0 / 1 / 2, a
+    # 256-band stereo front end 1.2 with each (the step dominates); 1 takes reading off the step's path
+    # without a second process competing with the step's threads on a 2-core machine.
+    loader_workers: int = 1
     # Recipe options of dcase_effdl.training.loop (techniques in augment.py, sampling.py, schedules.py).
     nesterov: bool = False  # SGD only
     schedule: typing.Literal["constant", "cosine", "warm_restarts", "linear"] = "constant"  # per mini-batch
@@ -354,7 +359,7 @@ class TrainConfig:
             ("lr", 0 < self.lr < math.inf, "a finite number > 0"),
             ("momentum", 0 <= self.momentum <= 1, "in [0, 1]"),
             ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "auto, cpu, cuda or cuda:N"),
-            *[(k, getattr(self, k) >= 0, ">= 0") for k in ("weight_decay", "num_workers", "threads", "warmup_epochs",
+            *[(k, getattr(self, k) >= 0, ">= 0") for k in ("weight_decay", "num_workers", "threads", "loader_workers", "warmup_epochs",
                                                          "decay_start_epoch", "mixup_alpha", "time_roll", "time_crop")],
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
             ("restart_epochs", self.restart_epochs > 0, "> 0"),

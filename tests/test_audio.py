@@ -37,6 +37,39 @@ def test_wav_subtypes_read_as_float32(tmp_path, subtype):
     assert np.abs(audio[0] - x).max() <= tol
 
 
+def _with_chunk_before_data(path, chunk_id: bytes, payload: bytes) -> None:
+    """Insert a chunk (odd lengths get their pad byte) just before the data chunk of a WAV file."""
+    raw = path.read_bytes()
+    at = raw.index(b"data")
+    chunk = chunk_id + len(payload).to_bytes(4, "little") + payload + b"\0" * (len(payload) & 1)
+    raw = raw[:at] + chunk + raw[at:]
+    path.write_bytes(raw[:4] + (len(raw) - 8).to_bytes(4, "little") + raw[8:])
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24"])
+@pytest.mark.parametrize("layout", ["WAV", "WAVEX", "odd chunk"])
+def test_integer_wav_reads_the_same_bits_as_libsndfile(tmp_path, monkeypatch, subtype, layout):
+    # load_audio converts integer PCM itself (audio.NUMPY_PCM_SUBTYPES); every code, the extremes
+    # included, must give libsndfile's float32 exactly, whatever chunks precede the samples.
+    bits = 16 if subtype == "PCM_16" else 24
+    rng = np.random.default_rng(bits)
+    ints = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=(4801, 2))
+    ints[:2] = [[-(2 ** (bits - 1)), 2 ** (bits - 1) - 1], [0, -1]]
+    path = tmp_path / "a.wav"
+    sf.write(path, ints.astype(np.int32) << (32 - bits), 48000, subtype=subtype,
+             format="WAVEX" if layout == "WAVEX" else "WAV")
+    if layout == "odd chunk":
+        _with_chunk_before_data(path, b"JUNK", b"abc")
+    expected, _ = sf.read(path, dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(expected, ints / 2.0 ** (bits - 1))  # libsndfile read what was written
+    monkeypatch.setattr(sf.SoundFile, "read", None)  # load_audio must not need libsndfile's conversion
+    audio = load_audio(path, _cfg(channels="stereo", duration=None))
+    assert audio.dtype == np.float32
+    np.testing.assert_array_equal(audio, expected.T)
+    mono = load_audio(path, _cfg(channels="mono", duration=None))
+    np.testing.assert_array_equal(mono[0], (expected[:, 0] + expected[:, 1]) / np.float32(2))
+
+
 def test_stereo_mono_downmix_is_mean_and_stereo_keeps_channels(tmp_path):
     path = tmp_path / "s.wav"
     x = _tone(48000, 1.0, channels=2)  # right channel twice the left
@@ -68,6 +101,20 @@ def test_resampling_16k_flac_to_48k_keeps_tone(tmp_path, method):
     assert np.abs(audio[0, mid] - ideal[mid]).max() < 2e-3
     spectrum = np.abs(np.fft.rfft(audio[0]))
     assert np.argmax(spectrum) == 1000  # 1 Hz bins for a 1 s clip
+
+
+@pytest.mark.parametrize("method", ["soxr_hq", "soxr_vhq"])
+def test_stereo_resampling_is_soxr_of_the_interleaved_audio(method):
+    # resample calls soxr per channel; the result must be the bits of soxr's own stereo call.
+    import soxr
+
+    from dcase_effdl.features.audio import resample
+
+    stereo = np.ascontiguousarray(_tone(48000, 0.5, freq=440.0, channels=2).T)  # (2, samples)
+    ours = resample(stereo, 48000, 22050, method)
+    theirs = soxr.resample(stereo.T.copy(), 48000, 22050, quality="HQ" if method == "soxr_hq" else "VHQ")
+    assert ours.dtype == np.float32 and ours.shape == (2, 11025)
+    np.testing.assert_array_equal(ours, theirs.T)
 
 
 def test_pad_and_cut_to_duration(tmp_path):

@@ -118,10 +118,41 @@ def test_float32_falls_back_to_float64_for_bands_below_its_precision(monkeypatch
     rng = np.random.default_rng(4)
     y = resample((0.1 * rng.standard_normal((1, 2 * 16000))).astype(np.float32), 16000, 48000, "soxr_hq")[0]
     ref = _librosa_logmel(y, cfg)
-    assert np.abs(logmel(y, cfg)[0] - ref).max() < PARITY_TOL
+    refined = logmel(y, cfg)[0]
+    assert np.abs(refined - ref).max() < PARITY_TOL
     monkeypatch.setattr(features, "FLOAT32_MIN_BAND_RATIO", 0.0)  # float32 throughout
-    err = np.abs(logmel(y, cfg)[0] - ref).max()
+    plain = logmel(y, cfg)[0]
+    err = np.abs(plain - ref).max()
     assert err > 10 * PARITY_TOL, f"float32 alone was within {err:.2g}: the signal no longer needs the fallback"
+    # Only the bands above the 16 kHz audio's 8 kHz limit are recomputed; the others keep float32's bits.
+    recomputed = (refined != plain).any(axis=-1)
+    assert recomputed.any() and not recomputed[: cfg.n_mels // 2].any(), np.flatnonzero(recomputed)
+
+
+def test_float64_bands_by_direct_dft_equal_the_float64_stft(monkeypatch):
+    """Pink noise resampled 48 -> 22.05 kHz by soxr (the 256-band definitions): the top band lies in
+    the stop band; its few bins are recomputed by a direct float64 DFT, which must agree with the
+    float64 STFT (to float32 rounding) and with librosa."""
+    from dcase_effdl.features.audio import resample
+
+    cfg = dataclasses.replace(BASE, sample_rate=22050, win_length=2048, hop_length=512, window="hann",
+                              power=2.0, n_mels=256, mel_norm="slaney")
+    rng = np.random.default_rng(5)
+    spectrum = np.fft.rfft(rng.standard_normal(96000))
+    spectrum /= np.sqrt(np.maximum(np.fft.rfftfreq(96000, 1 / 48000), 20.0))  # 1/f power
+    x = np.fft.irfft(spectrum, n=96000)
+    y = resample((0.05 * x / x.std()).astype(np.float32)[None], 48000, 22050, "soxr_hq")[0]
+    ref = _librosa_logmel(y, cfg)
+    by_dft = logmel(y, cfg)[0]
+    monkeypatch.setattr(features, "DFT_MAX_BINS", 0)  # the float64 STFT instead
+    by_stft = logmel(y, cfg)[0]
+    monkeypatch.setattr(features, "FLOAT32_MIN_BAND_RATIO", 0.0)  # float32 throughout
+    plain = logmel(y, cfg)[0]
+    recomputed = np.flatnonzero((by_dft != plain).any(axis=-1))
+    assert list(recomputed) == [cfg.n_mels - 1]  # the top band only: a few bins, by the DFT
+    np.testing.assert_allclose(by_dft, by_stft, rtol=0, atol=1e-6)  # float64 results, rounded to float32
+    err, err_plain = np.abs(by_dft - ref).max(), np.abs(plain - ref).max()
+    assert err < PARITY_TOL and err < err_plain / 4, (err, err_plain)
 
 
 def test_dcase_util_2020_recipe_parity():

@@ -152,6 +152,19 @@ def freeze_binary(model: nn.Module) -> None:
             m.freeze()
 
 
+# Batch-norm re-estimation batches hold at most 256 rows and this much float32 input. Activations
+# set the memory: measured, the forward of the 2020 baseline CNN on 2 x 256 x 431 inputs (883 KB
+# each) peaks 28.7 MB per row above its input (459 MB for 16 rows), so 256 rows held ~7 GB; 16 MiB
+# allows 19 rows (~0.55 GB), and 209 of the baseline's 1 x 40 x 501.
+BN_BATCH_BYTES = 16 * 1024**2
+
+
+def bn_rows(x) -> int:
+    """Rows per batch-norm re-estimation batch for inputs like `x` (a tensor or `data.bundle.Features`)."""
+    example_bytes = 4 * math.prod(tuple(x.shape[1:]))
+    return int(min(256, max(2, BN_BATCH_BYTES // max(example_bytes, 1))))
+
+
 @dataclass
 class BinaryConfig(StepConfig):
     scale: typing.Literal["fixed", "learned"] = "fixed"  # fixed: McDonnell sqrt(2 / fan_in) per layer
@@ -184,7 +197,7 @@ def apply_binary(model: nn.Module, cfg: BinaryConfig, ctx):
     n_bn = 0
     if cfg.bn_reestimate:
         x = ctx.need_data(cfg.where, "batch-norm re-estimation").x_train
-        n_bn = reestimate_batchnorm(model, even_batches(x, max(1, math.ceil(len(x) / 256))))
+        n_bn = reestimate_batchnorm(model, even_batches(x, max(1, math.ceil(len(x) / bn_rows(x)))))
     n_bits = sum(get_module(model, n).weight.numel() for n in names)
     ctx.log(f"binary: {len(names)} layers, {n_bits:,} one-bit weights ({cfg.scale} scale); {n_bn} batch-norm layers re-estimated")
     return model.eval(), {"layers": names}

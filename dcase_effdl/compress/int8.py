@@ -7,8 +7,10 @@
 Conv2d and Linear layers become `int8_kernels.Int8Conv2d` / `Int8Linear` (int8 weight codes and
 scales, uint8 activations, oneDNN integer kernels). A batch norm that directly follows a conv is
 folded into it first and a ReLU that directly follows is fused into the kernel (the float ReLU stays
-in place: applying it twice changes nothing). The graph is read with `torch.fx` to find these
-pairs; a model fx cannot trace falls back to neighbours inside `nn.Sequential` containers.
+in place: applying it twice changes nothing); a layer that reaches the next int8 layer only through
+dropout, flatten or max-pools hands it uint8 codes, and a conv pools its codes itself. The graph is
+read with `torch.fx` to find these pairs; a model fx cannot trace falls back to neighbours inside
+`nn.Sequential` containers.
 Activation ranges come from `calibration_samples` training examples (min/max or a percentile) or,
 after QAT, from the ranges tracked while fine-tuning with fake quantization (straight-through).
 """
@@ -108,7 +110,8 @@ def _plan_fx(model: nn.Module, candidates: set[str]) -> list[dict]:
         if node.op != "call_module" or node.target not in planned:
             continue
         layer, out = modules[node.target], node
-        entry = {"name": node.target, "bn": None, "relu": False, "relu_module": None, "out_to": None, "pools": []}
+        entry = {"name": node.target, "bn": None, "relu": False, "relu_module": None, "out_to": None, "pools": [],
+                 "fused_pool": None}
         users = list(out.users)
         if (isinstance(layer, nn.Conv2d) and len(users) == 1 and users[0].op == "call_module"
                 and isinstance(modules.get(users[0].target), nn.BatchNorm2d) and calls[users[0].target] == 1
@@ -120,18 +123,25 @@ def _plan_fx(model: nn.Module, candidates: set[str]) -> list[dict]:
             if out.op == "call_module" and calls[out.target] == 1:
                 entry["relu_module"] = out.target  # computed by the kernel: the float ReLU can go
         # Follow ops that work on codes to the next quantized layer: it can take this one's uint8 output.
-        pools = []
+        # A conv pools its own codes when only elementwise ops (dropout, a fused ReLU, identity) lie
+        # between it and the first max-pool: not after a flatten.
+        pools, fusable, fused_pool = [], isinstance(layer, nn.Conv2d), None
         while len(out.users) == 1:
             (user,) = out.users
             if user.op == "call_module" and user.target in planned and user.args and user.args[0] is out:
-                entry["out_to"], entry["pools"] = user.target, pools
+                entry["out_to"], entry["pools"], entry["fused_pool"] = user.target, pools, fused_pool
                 break
             if not _passes_codes(user, modules, entry["relu"]) or not user.args or user.args[0] is not out:
                 break
             if user.op == "call_module" and isinstance(modules[user.target], nn.MaxPool2d):
                 if calls[user.target] != 1:
                     break
+                if fusable and not pools:
+                    fused_pool = user.target
                 pools.append(user.target)
+            elif (user.target is torch.flatten or user.target == "flatten"
+                  or (user.op == "call_module" and isinstance(modules[user.target], nn.Flatten))):
+                fusable = False
             out = user
         plan.append(entry)
     return plan
@@ -147,7 +157,8 @@ def _plan_sequential(model: nn.Module, candidates: set[str]) -> list[dict]:
             name = f"{prefix}.{child}" if prefix else child
             if name not in candidates:
                 continue
-            entry = {"name": name, "bn": None, "relu": False, "relu_module": None, "out_to": None, "pools": []}
+            entry = {"name": name, "bn": None, "relu": False, "relu_module": None, "out_to": None, "pools": [],
+                     "fused_pool": None}
             j = i + 1
             if isinstance(layer, nn.Conv2d) and j < len(children) and isinstance(children[j][1], nn.BatchNorm2d):
                 entry["bn"], j = (f"{prefix}.{children[j][0]}" if prefix else children[j][0]), j + 1
@@ -155,17 +166,20 @@ def _plan_sequential(model: nn.Module, candidates: set[str]) -> list[dict]:
             plan.append(entry)
     planned = {e["name"] for e in plan}
     for name in candidates - planned:  # outside any Sequential: quantized alone
-        plan.append({"name": name, "bn": None, "relu": False, "relu_module": None, "out_to": None, "pools": []})
+        plan.append({"name": name, "bn": None, "relu": False, "relu_module": None, "out_to": None, "pools": [],
+                     "fused_pool": None})
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return sorted(plan, key=lambda e: order[e["name"]])
 
 
 def plan_layers(model: nn.Module, keep_float: list[str], where: str) -> list[dict]:
-    """[{name, bn, relu, relu_module, out_to}] for each Conv2d / Linear to quantize, in graph order.
+    """[{name, bn, relu, relu_module, out_to, pools, fused_pool}] for each Conv2d / Linear to quantize, in graph order.
 
     bn: a batch norm to fold into the conv; relu: a ReLU follows (fused into the kernel), relu_module:
     that ReLU's module when nothing else uses it (then replaced by Identity); out_to: the next int8
-    layer when only code-preserving ops lie between (this layer then outputs that layer's uint8 codes).
+    layer when only code-preserving ops lie between (this layer then outputs that layer's uint8 codes);
+    pools: the max-pools among those ops (they pool codes); fused_pool: the first of them when the
+    conv pools its codes itself (`Int8Conv2d.pool`).
     """
     modules = dict(model.named_modules())
     unknown = [name for name in keep_float if name not in modules]
@@ -283,10 +297,13 @@ class FakeQuantLayer(nn.Module):
         return F.linear(xq, wq, self.layer.bias)
 
 
-def _int8_layer(layer: nn.Module, entry: dict, cfg: Int8Config) -> K._Int8Layer:
-    cls = K.Int8Conv2d if isinstance(layer, nn.Conv2d) else K.Int8Linear
-    return cls.like(layer, per_channel=cfg.per_channel, act_qmax=cfg.act_qmax, relu=entry["relu"],
-                    uint8_out=entry["out_to"] is not None)
+def _int8_layer(model: nn.Module, layer: nn.Module, entry: dict, cfg: Int8Config) -> K._Int8Layer:
+    kwargs = dict(per_channel=cfg.per_channel, act_qmax=cfg.act_qmax, relu=entry["relu"],
+                  uint8_out=entry["out_to"] is not None)
+    if not isinstance(layer, nn.Conv2d):
+        return K.Int8Linear.like(layer, **kwargs)
+    pool = entry.get("fused_pool")
+    return K.Int8Conv2d.like(layer, pool=K.CodeMaxPool2d.window(model.get_submodule(pool)) if pool else None, **kwargs)
 
 
 def _swap_fused_modules(model: nn.Module, plan: list[dict]) -> None:
@@ -295,7 +312,7 @@ def _swap_fused_modules(model: nn.Module, plan: list[dict]) -> None:
         if entry["relu_module"]:
             set_module(model, entry["relu_module"], nn.Identity())
         for name in entry["pools"]:
-            set_module(model, name, K.CodeMaxPool2d.like(model.get_submodule(name)))
+            set_module(model, name, K.CodeMaxPool2d.like(model.get_submodule(name), fused=name == entry.get("fused_pool")))
 
 
 @register_method("int8", Int8Config, label="int8 quantization", rebuild=lambda model, cfg, meta: rebuild_int8(model, cfg, meta))
@@ -324,7 +341,7 @@ def apply_int8(model: nn.Module, cfg: Int8Config, ctx):
     input_qparams = {e["name"]: K.activation_qparams(*ranges[e["name"]], cfg.act_qmax) for e in plan}
     for entry in plan:
         layer = model.get_submodule(entry["name"])
-        q = _int8_layer(layer, entry, cfg)
+        q = _int8_layer(model, layer, entry, cfg)
         codes, w_scale = K.weight_qparams(layer.weight, cfg.per_channel)
         q.set_quantized(codes, w_scale, layer.bias, *input_qparams[entry["name"]])
         if entry["out_to"]:
@@ -334,8 +351,9 @@ def apply_int8(model: nn.Module, cfg: Int8Config, ctx):
     n_bn = sum(1 for e in plan if e["bn"])
     n_relu = sum(1 for e in plan if e["relu"])
     n_chain = sum(1 for e in plan if e["out_to"])
+    n_pool = sum(1 for e in plan if e["fused_pool"])
     ctx.log(f"int8: {len(plan)} layers on integer kernels ({n_bn} batch norms folded, {n_relu} ReLUs fused, "
-            f"{n_chain} pass uint8 codes on, {cfg.granularity} weights, {8 if cfg.act_qmax == 255 else 7}-bit activations)")
+            f"{n_chain} pass uint8 codes on, {n_pool} pool them, {cfg.granularity} weights, {8 if cfg.act_qmax == 255 else 7}-bit activations)")
     return model.eval(), {"layers": plan}
 
 
@@ -343,15 +361,18 @@ def rebuild_int8(model: nn.Module, cfg: Int8Config, meta: dict) -> nn.Module:
     """The structure `apply_int8` produced, from a fresh float model (tensors are loaded afterwards)."""
     try:
         plan = [{"name": e["name"], "bn": e["bn"], "relu": e["relu"], "relu_module": e.get("relu_module"),
-                 "out_to": e.get("out_to"), "pools": e.get("pools", [])} for e in meta["layers"]]
+                 "out_to": e.get("out_to"), "pools": e.get("pools", []), "fused_pool": e.get("fused_pool")}
+                for e in meta["layers"]]
         for entry in plan:
             layer = model.get_submodule(entry["name"])
             if not K.supports(layer):
                 raise ValueError(f"{entry['name']} is a {type(layer).__name__}")
+            if entry["fused_pool"] and (entry["fused_pool"] not in entry["pools"] or not isinstance(layer, nn.Conv2d)):
+                raise ValueError(f"{entry['name']} cannot pool its codes with {entry['fused_pool']}")
             if entry["bn"]:
                 model.get_submodule(entry["bn"])
                 set_module(model, entry["bn"], nn.Identity())
-            set_module(model, entry["name"], _int8_layer(layer, entry, cfg))
+            set_module(model, entry["name"], _int8_layer(model, layer, entry, cfg))
         for entry in plan:
             if entry["relu_module"]:
                 model.get_submodule(entry["relu_module"])

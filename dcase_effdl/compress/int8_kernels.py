@@ -11,7 +11,9 @@ zero point, runs the integer kernel with int8 weights (symmetric, per output cha
 tensor; zero point 0), adds the float32 bias, optionally applies a fused ReLU and returns float32.
 A layer whose output reaches the next int8 layer only through dropout or flatten (`uint8_out`)
 instead requantizes in the kernel to the next layer's input scale and returns uint8 codes, which
-the next layer takes as they are (no float round trip).
+the next layer takes as they are (no float round trip). A conv with uint8 output whose codes go
+straight into a max-pool (`pool`) pools them itself, a few examples at a time, while the codes are
+still in cache; the pool module then passes them on (`CodeMaxPool2d(fused=True)`).
 Without VNNI (AVX2) the kernel adds pairs of u8 x s8 products in int16, which can saturate: with
 `act_qmax=127` ("reduce range", PyTorch's own default for x86) activations use 7 bits and it cannot.
 """
@@ -28,6 +30,11 @@ import torch.nn.functional as F
 from dcase_effdl.errors import UserError
 
 WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127]
+# Conv output bytes per chunk when a conv pools its own codes: the first conv + pool of the 2020
+# baseline at batch 64 (32 x 40 x 500 codes, 640 KB an example) took 232 ms on the whole batch and
+# 116 / 136 / 152 ms in chunks of 8 / 4 / 16 examples (1 thread, shared machine): the conv writes its
+# output at memory speed and the pool reads it back, unless both fit in the caches.
+POOL_CHUNK_BYTES = 4 << 20
 
 
 def check_kernels() -> None:
@@ -114,7 +121,7 @@ class _Int8Layer(nn.Module):
         self.act_qmax = act_qmax
         self.relu = relu
         self.uint8_out = uint8_out
-        self._packed = None
+        self._packed = self._packed_for = None
         self._register_load_state_dict_pre_hook(self._forget_packed)
 
     def _forget_packed(self, *args, **kwargs) -> None:
@@ -173,38 +180,63 @@ class Int8Conv2d(_Int8Layer):
     """2-D convolution with int8 weights on uint8 activations (oneDNN), float32 in and out."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                 *, per_channel: bool, act_qmax: int, relu: bool, uint8_out: bool = False):
+                 *, per_channel: bool, act_qmax: int, relu: bool, uint8_out: bool = False,
+                 pool: tuple[int, int] | None = None):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = list(kernel_size), list(stride)
         self.padding, self.dilation = list(padding), list(dilation)
+        if pool is not None and not uint8_out:
+            raise ValueError("only a conv with uint8 output pools its codes")
+        self.pool = None if pool is None else tuple(pool)  # (k_h, k_w) max-pool of the output codes
         self._init_buffers((out_channels, in_channels // groups, *kernel_size), out_channels if per_channel else 1,
                            act_qmax, relu, uint8_out)
 
     @classmethod
-    def like(cls, conv: nn.Conv2d, *, per_channel: bool, act_qmax: int, relu: bool, uint8_out: bool = False) -> "Int8Conv2d":
+    def like(cls, conv: nn.Conv2d, *, per_channel: bool, act_qmax: int, relu: bool, uint8_out: bool = False,
+             pool: tuple[int, int] | None = None) -> "Int8Conv2d":
         padding = _same_padding(conv)
         if padding is None:
             raise ValueError("padding not supported by the int8 kernel")
         return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
-                   conv.groups, per_channel=per_channel, act_qmax=act_qmax, relu=relu, uint8_out=uint8_out)
+                   conv.groups, per_channel=per_channel, act_qmax=act_qmax, relu=relu, uint8_out=uint8_out, pool=pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is None:  # packed weights and Python scalars, cached until the tensors change
+        if self._packed is None:  # Python scalars, cached with the packed weights until the tensors change
             self._args = self._qparams(), self._post_op()
-            (x_scale, x_zp, w_scale, _), _ = self._args
-            weight, stride, padding, dilation = self._geometry()
-            self._packed = torch.ops.onednn.qconv_prepack(
-                weight, w_scale, x_scale, x_zp, stride, padding, dilation, self.groups, None)
         (x_scale, x_zp, w_scale, w_zp), (o_scale, o_zp, o_dtype, post_op, scalars) = self._args
-        _, stride, padding, dilation = self._geometry(weights=False)
         qx = self._quantized_input(x, x_scale, x_zp)
         if self.unfold_rows:
             qx = self._unfold_rows(qx, x_zp)
-        qx = qx.contiguous(memory_format=torch.channels_last)
-        return torch.ops.onednn.qconv2d_pointwise(
-            qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, stride, padding, dilation,
-            self.groups, o_scale, o_zp, o_dtype, post_op, scalars, "")
+        else:
+            qx = qx.contiguous(memory_format=torch.channels_last)
+        if self._packed is None or self._packed_for != qx.shape[1:]:
+            # Packed for this input's channels, height and width: without them oneDNN picks a weight
+            # layout its AMX kernel does not take and reorders the weights on every call (any batch
+            # size shares one layout).
+            weight, stride, padding, dilation = self._geometry()
+            self._packed = torch.ops.onednn.qconv_prepack(
+                weight, w_scale, x_scale, x_zp, stride, padding, dilation, self.groups, [1, *qx.shape[1:]])
+            self._packed_for = qx.shape[1:]
+        _, stride, padding, dilation = self._geometry(weights=False)
+
+        def conv(inp: torch.Tensor) -> torch.Tensor:
+            return torch.ops.onednn.qconv2d_pointwise(
+                inp, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, stride, padding, dilation,
+                self.groups, o_scale, o_zp, o_dtype, post_op, scalars, "")
+
+        if self.pool is None:
+            return conv(qx)
+        h_out, w_out = self.output_hw(*x.shape[2:])
+        n = max(1, POOL_CHUNK_BYTES // (self.out_channels * h_out * w_out))
+        if n >= len(qx):
+            return max_pool_codes(conv(qx), *self.pool)
+        return torch.cat([max_pool_codes(conv(qx[i : i + n]), *self.pool) for i in range(0, len(qx), n)])
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        """Height and width of the convolution's output (before any pooling) for an h x w input."""
+        return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                     for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
 
     @property
     def unfold_rows(self) -> bool:
@@ -221,24 +253,29 @@ class Int8Conv2d(_Int8Layer):
         return weight, [1, self.stride[1]], [0, self.padding[1]], [1, self.dilation[1]]
 
     def _unfold_rows(self, qx: torch.Tensor, x_zp: int) -> torch.Tensor:
+        """uint8 codes (B, C, H, W) -> (B, C * k_h, H_out, W) channels-last, channel c * k_h + i = row offset i."""
         kh, sh, ph = self.kernel_size[0], self.stride[0], self.padding[0]
         if ph:  # pad with the zero point: real zeros, as the kernel pads the other axis
             qx = F.pad(qx, (0, 0, ph, ph), value=x_zp)
-        b, c, _, w = qx.shape
-        rows = qx.unfold(2, kh, sh)  # (B, C, H_out, W, kh)
-        return rows.permute(0, 1, 4, 2, 3).reshape(b, c * kh, rows.shape[2], w)
+        h_out = (qx.shape[2] - kh) // sh + 1
+        end = sh * (h_out - 1) + 1
+        # Stacked along a last axis and viewed as NCHW: channels-last in one copy (unfold, reshape and
+        # a channels-last copy took 25 ms against 19 ms at batch 64 on 1 x 40 x 500 inputs).
+        rows = [qx[:, c, i : i + end : sh] for c in range(qx.shape[1]) for i in range(kh)]
+        return torch.stack(rows, dim=-1).permute(0, 3, 1, 2)
 
     def _row_weight(self) -> torch.Tensor:
         c_out, c_in, kh, kw = self.weight.shape
         return self.weight.reshape(c_out, c_in * kh, 1, kw)
 
     def count_macs(self, inputs, output) -> int:
-        return output.numel() * (self.in_channels // self.groups) * math.prod(self.kernel_size)
+        n_out = len(inputs[0]) * self.out_channels * math.prod(self.output_hw(*inputs[0].shape[2:]))
+        return n_out * (self.in_channels // self.groups) * math.prod(self.kernel_size)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "
                 f"padding={tuple(self.padding)}, per_channel={self.weight_scale.numel() > 1}, relu={self.relu}, "
-                f"act_qmax={self.act_qmax}, uint8_out={self.uint8_out}")
+                f"act_qmax={self.act_qmax}, uint8_out={self.uint8_out}" + (f", pool={self.pool}" if self.pool else ""))
 
 
 class Int8Linear(_Int8Layer):
@@ -274,35 +311,71 @@ class Int8Linear(_Int8Layer):
                 f"uint8_out={self.uint8_out}")
 
 
+def max_pool_codes(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """Max-pool of uint8 codes (B, C, H, W) over non-overlapping kh x kw windows, floored like MaxPool2d.
+
+    NHWC (a view for channels-last codes, the kernels' output): the window's rows are reduced over an
+    axis with W x C contiguous bytes inside, then its columns, with C contiguous bytes inside, as a
+    chain of elementwise maxima (2 ms where one amax over that axis took 48; the whole pool 15 against
+    64 ms, batch 64, 32 x 40 x 500 codes, 1 thread). Wide windows (4 x 100) keep the amax: 99 small
+    ops cost more.
+    """
+    b, c, h, w = x.shape
+    ho, wo = h // kh, w // kw
+    y = x.permute(0, 2, 3, 1)[:, : ho * kh].reshape(b, ho, kh, w * c).amax(dim=2)
+    y = y.view(b, ho, w, c)[:, :, : wo * kw].reshape(b, ho, wo, kw, c)
+    if kw > 8:
+        return y.amax(dim=3).permute(0, 3, 1, 2)
+    cols = y.unbind(3)
+    out = cols[0] if kw == 1 else torch.maximum(cols[0], cols[1])
+    for col in cols[2:]:
+        torch.maximum(out, col, out=out)
+    return out.permute(0, 3, 1, 2)
+
+
 class CodeMaxPool2d(nn.MaxPool2d):
     """Max-pooling that also takes uint8 codes (exact: the codes are monotonic in the values).
 
     torch's uint8 max_pool2d fails on channels-last inputs and is slow here, so non-overlapping
-    windows (kernel = stride, no padding or dilation) are pooled as two strided max reductions.
+    windows (kernel = stride, no padding or dilation) are pooled by `max_pool_codes`. `fused`: the
+    int8 conv in front pools its codes itself (`Int8Conv2d.pool`), so codes pass through as they
+    are; float inputs (that conv exported in QDQ form, `deploy.portable`) are still pooled here.
     """
+
+    def __init__(self, *args, fused: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fused = fused
 
     @staticmethod
     def handles(pool: nn.Module) -> bool:
         if type(pool) is not nn.MaxPool2d or pool.return_indices or pool.ceil_mode:
             return False
-        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-        stride = pair(pool.stride if pool.stride is not None else pool.kernel_size)
-        return pair(pool.kernel_size) == stride and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1)
+        stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        return _pair(pool.kernel_size) == stride and _pair(pool.padding) == (0, 0) and _pair(pool.dilation) == (1, 1)
+
+    @staticmethod
+    def window(pool: nn.MaxPool2d) -> tuple[int, int]:
+        """(k_h, k_w) of a max-pool that `handles` accepts."""
+        return _pair(pool.kernel_size)
 
     @classmethod
-    def like(cls, pool: nn.MaxPool2d) -> "CodeMaxPool2d":
-        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode)
+    def like(cls, pool: nn.MaxPool2d, fused: bool = False) -> "CodeMaxPool2d":
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode,
+                   fused=fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.uint8:
             return super().forward(x)
-        kh, kw = (self.kernel_size, self.kernel_size) if isinstance(self.kernel_size, int) else self.kernel_size
-        b, c, h, w = x.shape
-        ho, wo = h // kh, w // kw
-        y = x[:, :, : ho * kh, : wo * kw].permute(0, 2, 3, 1)  # NHWC: contiguous for channels-last codes
-        y = y.reshape(b, ho, kh, wo * kw, c).amax(dim=2)
-        y = y.reshape(b, ho, wo, kw, c).amax(dim=3)
-        return y.permute(0, 3, 1, 2)
+        if self.fused:
+            return x
+        return max_pool_codes(x, *_pair(self.kernel_size))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", fused into the conv in front" if self.fused else "")
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def reference_forward(layer: _Int8Layer, x: torch.Tensor) -> torch.Tensor:
@@ -317,6 +390,8 @@ def reference_forward(layer: _Int8Layer, x: torch.Tensor) -> torch.Tensor:
     else:
         out = F.linear(xd, wd, layer.bias.double())
     out = torch.relu(out) if layer.relu else out
+    if getattr(layer, "pool", None):  # before quantizing: the same codes, quantization is monotonic
+        out = F.max_pool2d(out, layer.pool)
     if layer.uint8_out:
         return quantize_input(out, float(layer.output_scale), int(layer.output_zero_point), layer.act_qmax)
     return out

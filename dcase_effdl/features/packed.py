@@ -11,7 +11,10 @@ Built from the per-clip entries, which stay the unit of extraction and of resump
 each entry once (memory: one clip) and writes the rows in order through `files.atomic_open`, so an
 interrupted pack leaves no file under the pack's name and the next run packs again (seconds: it
 only copies). The index is written before the array and both are checked on open (names, dtype,
-row shape, file size), so a pack that does not match is rebuilt, never read.
+row shape, file size), so a pack that does not match is rebuilt, never read. The index also holds
+the pack's `split` (a hash of its entries without their versions: the same clips, files and
+order); once a new pack is written, this module's older packs of the same split are deleted, so
+editing or regenerating clips does not grow the folder by a split each time.
 
 Why one file and positioned reads: measured on 1,000 clips of 2 x 256 x 431 float16 (441 KB each)
 in the page cache, random batches of 64 converted to float32, 2 busy cores: `os.preadv` of a packed
@@ -28,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +41,7 @@ from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_open, atomic_write
 
 PACKED_DIR = ".packed"
+_PACK_NAME = re.compile(r"[0-9a-f]{24}")  # the stem of every file `pack` writes (`pack_key`)
 
 
 class PackedFeatures:
@@ -50,6 +55,9 @@ class PackedFeatures:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def __getstate__(self) -> dict:  # a loader worker started by spawn (macOS, Windows) opens its own handle
+        return {**self.__dict__, "_file": None}
 
     def _fd(self) -> int:
         if self._file is None:
@@ -88,6 +96,37 @@ class PackedFeatures:
 def pack_key(entry_names: Sequence[str]) -> str:
     """24 hex digits of the ordered per-clip entry names (relative to the feature folder)."""
     return hashlib.blake2b(json.dumps(list(entry_names)).encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
+
+
+def split_key(entries: Sequence[Path]) -> str:
+    """24 hex digits of the ordered (file name, source) pairs of per-clip entries: every version of a split."""
+    from dcase_effdl.features.cache import _ENTRY
+
+    pairs = [(m["filename"], m["source"]) if (m := _ENTRY.match(e.name)) else (e.name, "") for e in entries]
+    return hashlib.blake2b(json.dumps(pairs).encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
+
+
+def remove_stale(folder: Path, split: str, keep: str) -> list[Path]:
+    """Delete the packs in `folder` (only names `pack` writes, no links) whose index names `split`, except `keep`;
+    returns the deleted paths. The array goes first: an index left alone is found and deleted next time."""
+    removed = []
+    for index in sorted(folder.glob("*.json")):
+        if index.stem == keep or not _PACK_NAME.fullmatch(index.stem) or index.is_symlink():
+            continue
+        try:
+            info = json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("split") == split:
+            for path in (index.with_suffix(".npy"), index):
+                if path.is_symlink():
+                    continue
+                try:
+                    path.unlink()
+                except FileNotFoundError:  # another run deleted it first
+                    continue
+                removed.append(path)
+    return removed
 
 
 def _read_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int] | None:
@@ -138,7 +177,8 @@ def pack(store, filenames: Sequence[str]) -> PackedFeatures:
         return found
     if row_shape is None:  # frames depend on the clip: all of a split's clips must agree to be stacked
         row_shape = store.load_stored(names[0]).shape
-    atomic_write(path.with_suffix(".json"), json.dumps({"names": names}))
+    split = split_key(entries)
+    atomic_write(path.with_suffix(".json"), json.dumps({"names": names, "split": split}))
     shape = (len(names), *row_shape)
     with atomic_open(path) as f:
         np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
@@ -152,4 +192,5 @@ def pack(store, filenames: Sequence[str]) -> PackedFeatures:
     found = open_packed(path, names, dtype, row_shape)
     if found is None:  # only if something else changed the file while this was writing it
         raise UserError(f"{path}: packed feature cache changed while it was written; delete it and run again")
+    remove_stale(path.parent, split, keep=key)
     return found

@@ -42,17 +42,29 @@ def mixup(
     lambda ~ Beta(alpha, alpha) per example; x' = lambda x + (1 - lambda) x[partner] and the targets
     likewise, so the targets are soft and sum to 1. The partner is a random permutation of the batch.
     """
+    lam, partner = mixup_draw(x.shape[0], alpha, generator)
+    partner = partner.to(x.device)
+    x_mixed, y_mixed = mix(x, y, x[partner], y[partner], lam, n_classes)
+    return x_mixed, y_mixed, lam.to(x.dtype).to(x.device)
+
+
+def mixup_draw(batch: int, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup's draws for a batch of `batch` examples: (lambda (B,) float64 ~ Beta(alpha, alpha), partner permutation (B,))."""
     if alpha <= 0:
         raise ValueError(f"mixup alpha must be > 0, got {alpha}")
-    batch = x.shape[0]
-    lam = torch.from_numpy(_numpy_rng(generator).beta(alpha, alpha, size=batch)).to(x.dtype).to(x.device)
-    partner = torch.randperm(batch, generator=generator).to(x.device)
-    shape = (batch,) + (1,) * (x.dim() - 1)
-    x_mixed = lam.view(shape) * x + (1 - lam.view(shape)) * x[partner]
-    targets = one_hot(y, n_classes).to(x.device)
-    lam_t = lam.to(targets.dtype).view(batch, 1)
-    y_mixed = lam_t * targets + (1 - lam_t) * targets[partner]
-    return x_mixed, y_mixed, lam
+    lam = torch.from_numpy(_numpy_rng(generator).beta(alpha, alpha, size=batch))
+    return lam, torch.randperm(batch, generator=generator)
+
+
+def mix(x: torch.Tensor, y: torch.Tensor, x_partner: torch.Tensor, y_partner: torch.Tensor, lam: torch.Tensor,
+        n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup's convex combinations: (lam x + (1 - lam) x_partner, the same of the one-hot or soft targets)."""
+    lam = lam.to(x.dtype).to(x.device)
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    x_mixed = lam.view(shape) * x + (1 - lam.view(shape)) * x_partner
+    targets, partner_targets = one_hot(y, n_classes).to(x.device), one_hot(y_partner, n_classes).to(x.device)
+    lam_t = lam.to(targets.dtype).view(-1, 1)
+    return x_mixed, lam_t * targets + (1 - lam_t) * partner_targets
 
 
 def _mask(x: torch.Tensor, axis: int, max_width: int, n_masks: int, generator: torch.Generator, value: float) -> torch.Tensor:

@@ -1,17 +1,18 @@
 """The training loop: seeded batch plans, augmentation, per-batch schedules, mixed precision; best epoch by validation accuracy.
 
 `fit(model, bundle, cfg, seed=...)` trains in place. Every random choice of an epoch (batch order,
-augmentation) comes from generators seeded by (seed, epoch), and the only other random state (torch's
+augmentation) comes from generators seeded by (seed, epoch) or (seed, epoch, batch, position), and the only other random state (torch's
 global generator, used by dropout) is saved in the checkpoint, so a run resumed from
 `<out_dir>/last.pt` ends with exactly the numbers of an uninterrupted run. Under torchrun, every rank
-computes the same global batch plan and augmentation, takes its share of each batch, and
+computes the same global batch plan, reads and augments only its share of each batch, and
 DistributedDataParallel averages the gradients, so results match a single process up to float
 rounding (batch-norm statistics are per rank on CPU: SyncBatchNorm needs CUDA).
 
 One epoch:
 
     for each global batch (shuffled or class-balanced, sampling.py):
-        x, y = training examples; augment: time crop -> time roll -> L/R swap -> SpecAugment -> mixup
+        x, y = this rank's share, read and augmented ahead in worker processes (feed.py):
+               time crop -> time roll -> L/R swap -> SpecAugment per example -> mixup
         loss = loss_fn(logits, y, idx) or soft cross-entropy with label smoothing
         step the optimiser (train.precision: precision.py), then the per-batch lr schedule, then hooks' after_step
     validate (macro accuracy, log loss), keep the best weights (best_epoch.py), write last.pt
@@ -38,6 +39,7 @@ from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_write
 from dcase_effdl.metrics import compute_metrics
 from dcase_effdl.training import augment, distributed, precision, sampling, schedules
+from dcase_effdl.training.feed import Feed
 from dcase_effdl.training.best_epoch import BestEpoch
 from dcase_effdl.training.checkpoint import Checkpoint, run_identity
 from dcase_effdl.training.options import check_loss
@@ -138,8 +140,9 @@ def validate(model: torch.nn.Module, bundle: DataBundle, batch_size: int | None 
     return m["accuracy"], m["log_loss"]
 
 
-def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, n_classes: int, g: torch.Generator):
-    """The recipe's augmentations on one global batch; returns (x, targets: class indices or soft labels)."""
+def augment_example(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    """The recipe's per-example augmentations of one example (1, C, F, T), drawn from its own generator (keyed by
+    seed, epoch, batch and position: feed.py); mixup, batch-level, is the feed's last step."""
     if cfg.time_crop:
         x = augment.time_crop(x, cfg.time_crop, g)
     if cfg.time_roll:
@@ -149,9 +152,7 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, n_classes:
     if cfg.spec_augment is not None:
         s = cfg.spec_augment
         x = augment.spec_augment(x, g, s.freq_mask, s.time_mask, s.n_freq_masks, s.n_time_masks)
-    if cfg.mixup_alpha > 0:
-        x, y, _ = augment.mixup(x, y, cfg.mixup_alpha, n_classes, g)
-    return x, y
+    return x
 
 
 def _call(hooks, name: str, *args) -> None:
@@ -201,24 +202,25 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
     elif resume and write:
         tqdm.write(f"[{desc}] no checkpoint in {out_dir}: starting from epoch 1")
 
+    feed = Feed(bundle.x_train, bundle.y_train, partial(batch_plan, bundle, cfg, seed), seed=seed, rank=ctx.rank,
+                world_size=ctx.world_size, mixup_alpha=cfg.mixup_alpha, n_classes=bundle.n_classes,
+                augment_example=partial(augment_example, cfg=cfg), workers=cfg.loader_workers,
+                pin_memory=device.type == "cuda")
     bar = tqdm(range(start_epoch, epochs + 1), desc=desc, unit="epoch", disable=None if ctx.is_main else True, leave=False)
     for epoch in bar:
         start, data_seconds = time.perf_counter(), 0.0
         _call(tune.hooks, "on_epoch_start", epoch, model)
         train_model.train()
-        aug_gen = sampling.epoch_generator(seed, epoch, stream=1)
         total, count = torch.zeros((), dtype=torch.float64), 0
-        for idx in batch_plan(bundle, cfg, seed, epoch):
+        for x, y, idx_local, global_size in feed.epoch(epoch):
             t0 = time.perf_counter()
-            x, y = augment_batch(bundle.x_train[idx], bundle.y_train[idx], cfg, bundle.n_classes, aug_gen)
-            local = slice(ctx.rank, None, ctx.world_size)  # this rank's share (every rank plans the same batches)
-            x, y, idx_local = x[local].to(device), y[local].to(device), idx[local]
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             data_seconds += time.perf_counter() - t0
             with prec.autocast():
                 logits = train_model(x.contiguous(memory_format=precision.MEMORY_FORMAT))
             loss = loss_of(logits.float(), y, idx_local)
             # DDP averages gradients over ranks; weigh each rank's mean by its share of the global batch.
-            scale = len(idx_local) * ctx.world_size / len(idx) if ctx.active else 1.0
+            scale = len(idx_local) * ctx.world_size / global_size if ctx.active else 1.0
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss * scale).backward()
             scaler.step(optimizer)
@@ -227,7 +229,7 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
             _call(tune.hooks, "after_step", model)
             total += loss.detach().double().cpu() * len(idx_local)
             count += len(idx_local)
-        train_seconds = time.perf_counter() - start
+        train_seconds, data_seconds = time.perf_counter() - start, data_seconds + feed.seconds
         if ctx.active:
             sums = torch.tensor([float(total), float(count)], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
             dist.all_reduce(sums)
@@ -241,7 +243,7 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
             "epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val_loss, "val_accuracy": val_accuracy,
             "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
             "train_seconds": train_seconds,  # the mini-batch loop (no validation)
-            "data_seconds": data_seconds,  # of which: indexing, augmentation, copies to the device
+            "data_seconds": data_seconds,  # of which: waiting for the feed, copies to the device
         })  # fmt: skip
         if best.update(epoch, val_accuracy, val_loss, model):
             history.best_epoch = epoch

@@ -3,7 +3,9 @@
 A plan is a list of index tensors into the training set, one per global mini-batch. Because a plan
 depends only on the seed and the epoch number (not on how many random numbers earlier epochs
 drew), a resumed run sees the same batches as an uninterrupted one, and every DistributedDataParallel
-rank can compute the same plan and take its own share of each batch (`shard`).
+rank can compute the same plan and take its own share of each batch (`shard`). Augmentation draws
+likewise come from generators keyed by (seed, epoch, batch) and (seed, epoch, batch, position in
+the batch), so a rank that reads only its share augments each example as one process would.
 
 Class-balanced batches (Hu et al., McDonnell): each batch holds batch_size // n_classes examples of
 every class (the remainder goes to classes chosen at random per batch). Each class is drawn from
@@ -13,6 +15,8 @@ has as many batches as plain shuffling would (N // batch_size, at least 1).
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 _EPOCH_STRIDE = 1_000_003  # decorrelates (seed, epoch) pairs: seed * stride + epoch
@@ -21,6 +25,22 @@ _EPOCH_STRIDE = 1_000_003  # decorrelates (seed, epoch) pairs: seed * stride + e
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     """A generator for one epoch's random numbers; `stream` separates independent uses (sampling, augmentation)."""
     return torch.Generator().manual_seed((seed * _EPOCH_STRIDE + epoch) * 8 + stream)
+
+
+def _keyed(*key: int) -> torch.Generator:
+    """A generator seeded by a 63-bit hash of `key` (nearby keys give unrelated streams)."""
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """The generator of one global batch's batch-level draws (mixup's partners and lambdas)."""
+    return _keyed(seed, epoch, batch, -1)
+
+
+def example_generator(seed: int, epoch: int, batch: int, position: int) -> torch.Generator:
+    """The generator of one example's draws (crop, roll, swap, masks): position `position` of global batch `batch`."""
+    return _keyed(seed, epoch, batch, position)
 
 
 def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
