@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from dcase_effdl.errors import UserError
+from dcase_effdl.machine import passive_waiting
 
 
 def cmd_make_dataset(args) -> int:
@@ -317,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    passive_waiting()  # before any command imports torch
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -108,6 +108,8 @@ def from_dict(cls: type, data: dict, source: str, keypath: str = "", key_word: s
     kwargs = {}
     for key, value in data.items():
         path = f"{keypath}.{key}" if keypath else str(key)
+        if key not in fields and key in getattr(cls, "REPLACED_KEYS", {}):
+            raise UserError(f"{source}: {cls.REPLACED_KEYS[key]}")
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise UserError(f"{source}: unknown {key_word} '{path}' (known {key_word}s here: {known})")
@@ -321,7 +323,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # feature-extraction processes: 0 = all cores
-    threads: int = 0  # torch intra-op threads: 0 = torch default
+    threads: int = 0  # torch intra-op threads: 0 = the physical cores this process may use (machine.py)
     # Processes reading and augmenting training batches ahead of the step (0: in the loop). Measured on 2
     # busy cores (benchmarks/memory_scale.py): 2020 baseline 8.3 / 9.2 / 11.9 clips/s with 0 / 1 / 2, a
     # 256-band stereo front end 1.2 with each (the step dominates); 1 takes reading off the step's path
@@ -345,7 +347,11 @@ class TrainConfig:
     balanced_batches: bool = False  # equal class counts per mini-batch
     label_smoothing: float = 0.0  # epsilon of the default cross-entropy
     swa: Union[SWAConfig, None] = None  # None = off
-    amp: bool = True  # mixed precision (float16 autocast) when training on CUDA
+    precision: typing.Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # training compute (training/precision.py)
+    compile: bool = False  # torch.compile the network for training (pays on long runs: benchmarks/train_throughput.py)
+    # Keys of earlier versions: a recipe that has one gets this line instead of "unknown key".
+    REPLACED_KEYS: typing.ClassVar[dict] = {"amp": "train.amp was replaced by train.precision: amp: true (float16 on CUDA) "
+                                                   "-> precision: fp16 or auto; amp: false -> precision: fp32"}
 
     def __post_init__(self):
         check_fields(self, [

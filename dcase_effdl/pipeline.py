@@ -26,6 +26,7 @@ from dcase_effdl.config import FeatureConfig, Recipe, load_recipe
 from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_write
+from dcase_effdl.machine import training_threads
 from dcase_effdl.models import ModelSpec
 from dcase_effdl.rundir import RunDir, VariantDir, config_hash
 from dcase_effdl.task import CLASSES
@@ -136,6 +137,7 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
     from dcase_effdl.data.digits import INPUT_SHAPE, N_CLASSES
     from dcase_effdl.features.logmel import feature_shape
     from dcase_effdl.models import model_params
+    from dcase_effdl.training import distributed, precision
     from dcase_effdl.training.options import check_crop, check_options
 
     n_classes, shape = (N_CLASSES, INPUT_SHAPE) if recipe.dataset.kind == "digits" else (len(CLASSES), feature_shape(feat))
@@ -148,6 +150,7 @@ def resolve(recipe: Recipe, feat: FeatureConfig, source: str) -> Plan:
             model(torch.zeros(2, *shape))
         check_options(recipe.train, shape)
         check_crop(model, recipe.train, shape)
+        precision.resolve(recipe.train.precision, distributed.resolve_device(recipe.train.device))
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
     except RuntimeError as exc:
@@ -288,8 +291,7 @@ def run(recipe_path: str | Path, data: str | None = None, out: str | None = None
 
     recipe, feat = load_recipe(recipe_path, overrides)
     plan = resolve(recipe, feat, str(recipe_path))  # every check that needs no data, before any work
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
+    torch.set_num_threads(training_threads(recipe.train.threads))
     run_dir = Path(out) if out else Path(recipe.out_dir) / recipe.name
     data_root = data if data is not None else recipe.dataset.root
     last = run_dir / "train" / "last.pt"

@@ -1,4 +1,4 @@
-"""The training loop: seeded batch plans, augmentation, per-batch schedules, AMP; best epoch by validation accuracy.
+"""The training loop: seeded batch plans, augmentation, per-batch schedules, mixed precision; best epoch by validation accuracy.
 
 `fit(model, bundle, cfg, seed=...)` trains in place. Every random choice of an epoch (batch order,
 augmentation) comes from generators seeded by (seed, epoch) or (seed, epoch, batch, position), and the only other random state (torch's
@@ -14,7 +14,7 @@ One epoch:
         x, y = this rank's share, read and augmented ahead in worker processes (feed.py):
                time crop -> time roll -> L/R swap -> level shift -> SpecAugment per example -> mixup
         loss = loss_fn(logits, y, idx) or soft cross-entropy with label smoothing
-        step the optimiser (AMP on CUDA), then the per-batch lr schedule, then hooks' after_step
+        step the optimiser (train.precision: precision.py), then the per-batch lr schedule, then hooks' after_step
     validate (macro accuracy, log loss), keep the best weights (best_epoch.py), write last.pt
     (checkpoint.py) and history.json
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,7 +38,7 @@ from dcase_effdl.data.bundle import DataBundle
 from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_write
 from dcase_effdl.metrics import compute_metrics
-from dcase_effdl.training import augment, distributed, sampling, schedules
+from dcase_effdl.training import augment, distributed, precision, sampling, schedules
 from dcase_effdl.training.feed import Feed
 from dcase_effdl.training.best_epoch import BestEpoch
 from dcase_effdl.training.checkpoint import Checkpoint, run_identity
@@ -180,17 +179,18 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
     if ctx.active and cfg.batch_size < ctx.world_size:
         raise UserError(f"train.batch_size {cfg.batch_size} is smaller than the {ctx.world_size} processes sharing each batch")
     device = distributed.resolve_device(cfg.device, ctx.local_rank)
-    use_amp = cfg.amp and device.type == "cuda"
+    prec = precision.resolve(cfg.precision, device)
     seed_everything(seed)
     write = out_dir is not None and ctx.is_main
     checkpoint = Checkpoint(Path(out_dir) / "last.pt", run_identity(model, cfg, seed, epochs, lr, tune.eligible is None, run_hash)) \
         if out_dir is not None else None  # fmt: skip
 
-    model.to(device)
+    model.to(device, memory_format=precision.MEMORY_FORMAT)
     train_model = distributed.wrap(model, device)
+    train_model = torch.compile(train_model) if cfg.compile else train_model
     optimizer = schedules.make_optimizer(model.parameters(), cfg.optimizer, lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
     scheduler = make_scheduler(optimizer, cfg, epochs, len(batch_plan(bundle, cfg, seed, 1)))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = prec.scaler()
     swa = schedules.SWA(model, cfg.swa.start_epoch, cfg.swa.every) if cfg.swa is not None else None
     best, history = BestEpoch(tune.eligible), History()
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "swa": swa, "best": best,
@@ -218,8 +218,8 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
             t0 = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             data_seconds += time.perf_counter() - t0
-            with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
-                logits = train_model(x)
+            with prec.autocast():
+                logits = train_model(x.contiguous(memory_format=precision.MEMORY_FORMAT))
             loss = loss_of(logits.float(), y, idx_local)
             # DDP averages gradients over ranks; weigh each rank's mean by its share of the global batch.
             scale = len(idx_local) * ctx.world_size / global_size if ctx.active else 1.0
@@ -265,5 +265,5 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
     if write:
         atomic_write(Path(out_dir) / "history.json", json.dumps(history.to_json(), indent=1))
     distributed.unwrap(model)
-    model.to("cpu").eval()
+    model.to("cpu", memory_format=torch.contiguous_format).eval()
     return history
