@@ -313,6 +313,11 @@ class SWAConfig:
         check_fields(self, [("start_epoch", self.start_epoch >= 1, ">= 1"), ("every", self.every >= 1, ">= 1")])
 
 
+# Train settings that change neither the numbers nor the plan: a run may resume with other values
+# (the run folder's hash, rundir.config_hash, and the checkpoint's identity leave them out).
+NOT_HASHED = ("num_workers", "threads", "loader_workers")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 200

@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 import yaml
 
 from dcase_effdl import __version__
-from dcase_effdl.config import FeatureConfig, Recipe, from_dict, read_yaml, to_dict
+from dcase_effdl.config import NOT_HASHED, FeatureConfig, Recipe, from_dict, read_yaml, to_dict
 from dcase_effdl.errors import UserError
 from dcase_effdl.machine import machine
 from dcase_effdl.files import atomic_write
@@ -67,6 +67,8 @@ def config_hash(recipe: Recipe, feat: FeatureConfig, data_root: str) -> str:
     payload = to_dict(recipe)
     payload.pop("variants")
     payload.pop("submission")
+    for key in NOT_HASHED:  # threads and worker counts: a run folder may be resumed with other values
+        payload["train"].pop(key)
     payload["out_dir"] = None
     payload["dataset"]["root"] = str(Path(data_root).resolve())
     payload["feature_definition"] = to_dict(feat)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -36,6 +37,11 @@ def test_readers_return_what_the_writers_wrote(run):
     assert env["torch_cpu_capability"] in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX", "NO AVX") and env["cpu"]
     assert env["cores"] == os.cpu_count() and isinstance(env["cpu_flags"], str)
     assert (run.path / "config_hash.txt").read_text().strip() == config_hash(recipe, run.features(), str(ds))
+    # Thread and worker counts change no number: a run folder resumes with other values; the epochs do not.
+    def train_hash(**changes):
+        return config_hash(dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **changes)), run.features(), str(ds))
+    assert train_hash(threads=7, loader_workers=3, num_workers=2) == config_hash(recipe, run.features(), str(ds))
+    assert train_hash(epochs=recipe.train.epochs + 1) != config_hash(recipe, run.features(), str(ds))
     history = run.history()
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3, 4, 5, 6] and history["best_epoch"] == 6
     variants = run.variants()

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import torch
 
-from dcase_effdl.config import TrainConfig, to_dict
+from dcase_effdl.config import NOT_HASHED, TrainConfig, to_dict
 from dcase_effdl.errors import UserError
 from dcase_effdl.files import atomic_open
 
 FORMAT = "dcase_effdl.training.checkpoint/2"
-# Settings that change neither the numbers nor the plan: a run may resume with other values.
-NOT_HASHED = ("num_workers", "threads", "loader_workers")
 
 
 def run_identity(model: torch.nn.Module, cfg: TrainConfig, seed: int, epochs: int, lr: float, select_best: bool,

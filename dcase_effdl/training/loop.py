@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -182,7 +182,7 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
     prec = precision.resolve(cfg.precision, device)
     seed_everything(seed)
     write = out_dir is not None and ctx.is_main
-    checkpoint = Checkpoint(Path(out_dir) / "last.pt", run_identity(model, cfg, seed, epochs, lr, tune.eligible is None, run_hash)) \
+    checkpoint = Checkpoint(Path(out_dir) / "last.pt", run_identity(model, replace(cfg, precision=prec.name), seed, epochs, lr, tune.eligible is None, run_hash)) \
         if out_dir is not None else None  # fmt: skip
 
     model.to(device, memory_format=precision.MEMORY_FORMAT)
