@@ -18,6 +18,8 @@ the checkpoint), so resumed runs and any `workers` give the same numbers.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import time
 from typing import Callable, NamedTuple
 
@@ -26,6 +28,21 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dcase_effdl.errors import UserError
 from dcase_effdl.training import augment, sampling
+
+
+# glibc's mallopt(M_MMAP_THRESHOLD): a fixed threshold also turns off glibc's habit of raising it (up to
+# 32 MiB) each time a large block is freed, after which a worker's multi-MB batches came from its heap
+# and freed ones stayed mapped. Measured with one worker handing on 200 batches of 8 x 2 x 256 x 431
+# float32 (7 MB): peak PSS 429-523 MB with glibc's default, 108 MB with this.
+_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES = -3, 128 * 1024
+
+
+def _fixed_mmap_threshold(_worker_id: int = 0) -> None:
+    """In a loader worker: blocks of 128 KiB and more are mapped and unmapped, never kept in the heap."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "mallopt"):  # glibc (and musl, where it is a no-op)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
 class Share(NamedTuple):
@@ -109,7 +126,8 @@ class Feed:
         # generator seeds its workers; without one it would draw from torch's global generator.
         self.loader = DataLoader(shares, batch_size=None, sampler=self.sampler, num_workers=workers,
                                  pin_memory=pin_memory, persistent_workers=workers > 0,
-                                 prefetch_factor=2 if workers else None, generator=torch.Generator().manual_seed(seed))
+                                 prefetch_factor=2 if workers else None, generator=torch.Generator().manual_seed(seed),
+                                 worker_init_fn=_fixed_mmap_threshold if workers else None)
         self.seconds = 0.0
 
     def epoch(self, epoch: int):
