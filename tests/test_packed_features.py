@@ -218,37 +218,43 @@ def test_a_damaged_pack_read_in_a_worker_is_one_line(tmp_path):
     assert "\n" not in str(caught.value) and "worker" not in str(caught.value)
 
 
-class _RandomRows:
-    """Inputs of the 256-band stereo front end's shape, made up per read (nothing held)."""
+_WORKER_PEAK = """
+import multiprocessing, sys
+import torch
+from dcase_effdl.training.feed import Feed
 
+class RandomRows:  # inputs of the 256-band stereo front end's shape, made up per read (nothing held)
     shape = (1600, 2, 256, 431)
-
     def __len__(self):
         return self.shape[0]
-
     def __getitem__(self, idx):
         return torch.randn(len(idx), *self.shape[1:])
 
-
-def _pss_mb(pid: int) -> float:
+def pss_mb(pid):
     with open(f"/proc/{pid}/smaps_rollup") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("Pss:")) / 1024
+
+plan = lambda epoch: [torch.arange(i, i + 8) for i in range(0, 1600, 8)]
+feed = Feed(RandomRows(), torch.zeros(1600, dtype=torch.long), plan, seed=0, rank=0, world_size=1, mixup_alpha=0.0,
+            n_classes=3, augment_example=lambda x, g: x, workers=1)
+peak = 0.0
+for share in feed.epoch(1):
+    assert share.x.shape == (8, 2, 256, 431)
+    peak = max([peak, *(pss_mb(child.pid) for child in multiprocessing.active_children())])
+print(peak)
+"""
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux's /proc/<pid>/smaps_rollup")
 def test_a_loader_worker_does_not_keep_the_batches_it_handed_on():
     # 200 batches of 8 x 2 x 256 x 431 float32 (7 MB each, 1.4 GB in all) through one worker. With glibc's
     # default malloc its peak PSS reached 581-594 MB (freed batches stayed in its heap); with feed's fixed
-    # mmap threshold, 108 MB, most of it torch's own libraries.
-    import multiprocessing
+    # mmap threshold, 108 MB, most of it torch's own libraries. In a fresh interpreter: a worker forked
+    # from this test process would count a share of everything earlier tests left in it.
+    import subprocess
+    import sys
 
-    from dcase_effdl.training.feed import Feed
-
-    plan = lambda epoch: [torch.arange(i, i + 8) for i in range(0, 1600, 8)]  # noqa: E731
-    feed = Feed(_RandomRows(), torch.zeros(1600, dtype=torch.long), plan, seed=0, rank=0, world_size=1, mixup_alpha=0.0,
-                n_classes=3, augment_example=lambda x, g: x, workers=1)
-    peak = 0.0
-    for share in feed.epoch(1):
-        assert share.x.shape == (8, 2, 256, 431)
-        peak = max([peak, *(_pss_mb(child.pid) for child in multiprocessing.active_children())])
+    out = subprocess.run([sys.executable, "-c", _WORKER_PEAK], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak = float(out.stdout.split()[-1])
     assert 0 < peak < 200, peak
