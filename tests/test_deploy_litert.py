@@ -16,24 +16,11 @@ pytest.importorskip("tensorflow.lite.python.schema_py_generated",
                     reason="the litert extra is not installed (pip install -c constraints.txt -e '.[litert]')")
 from tensorflow.lite.python import schema_py_generated as schema  # noqa: E402
 
+from deploy_recipe import digits_recipe  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
-# The digits set (539 test images) trains a small CNN in about a second: enough examples to
-# measure a 99 % agreement, no audio to generate.
-RECIPE = {
-    "name": "litert_tiny", "seed": 0, "features": str(REPO / "features" / "dcase2020_baseline.yaml"),
-    "dataset": {"kind": "digits", "validation_fraction": 0.3},
-    "model": {"name": "digits_cnn", "params": {"channels": [8, 16, 16], "hidden": 16}},
-    "train": {"epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 0.003},
-    "variants": [
-        {"name": "float32", "compress": []},
-        {"name": "float16", "compress": [{"method": "float16"}]},
-        {"name": "int8", "compress": [{"method": "int8", "calibration_samples": 128}]},
-        {"name": "binary", "compress": [{"method": "binary", "scale": "fixed", "epochs": 1}]},
-    ],
-    "submission": {"lastname": "Lastname", "institute": "INST"},
-    "size_policy": "dcase2020",
-}
+RECIPE = digits_recipe("litert_tiny")
 
 
 @pytest.fixture(scope="module")

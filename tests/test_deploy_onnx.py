@@ -14,24 +14,11 @@ ort = pytest.importorskip("onnxruntime", reason="the deploy extra is not install
 onnx = pytest.importorskip("onnx", reason="the deploy extra is not installed (pip install -e '.[deploy]')")
 pytest.importorskip("onnxscript", reason="the deploy extra is not installed (pip install -e '.[deploy]')")
 
+from deploy_recipe import digits_recipe  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
-# The digits set (shipped with scikit-learn, 539 test images) trains a small CNN in about a second:
-# enough test clips to measure a 99 % agreement, no audio to generate.
-RECIPE = {
-    "name": "deploy_tiny", "seed": 0, "features": str(REPO / "features" / "dcase2020_baseline.yaml"),
-    "dataset": {"kind": "digits", "validation_fraction": 0.3},
-    "model": {"name": "digits_cnn", "params": {"channels": [8, 16, 16], "hidden": 16}},
-    "train": {"epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 0.003},
-    "variants": [
-        {"name": "float32", "compress": []},
-        {"name": "float16", "compress": [{"method": "float16"}]},
-        {"name": "int8", "compress": [{"method": "int8", "calibration_samples": 128}]},
-        {"name": "binary", "compress": [{"method": "binary", "scale": "fixed", "epochs": 1}]},
-    ],
-    "submission": {"lastname": "Lastname", "institute": "INST"},
-    "size_policy": "dcase2020",
-}
+RECIPE = digits_recipe("deploy_tiny")
 
 
 @pytest.fixture(scope="module")
