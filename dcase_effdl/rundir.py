@@ -42,6 +42,22 @@ from dcase_effdl.machine import machine
 from dcase_effdl.files import atomic_write
 
 LOCK = ".lock"
+# Lock fds this process holds. A forked child (a DataLoader worker) shares the flock through its copy
+# of the fd and, if it outlives a killed run by the seconds its watchdog takes, would keep the folder
+# "in use" for the resumed run: every fork child closes its copies at once.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 OUTPUT_SUFFIX, META_SUFFIX = ".output.csv", ".meta.yaml"
 
 
@@ -233,9 +249,10 @@ class RunDir:
     def lock(self, log: Callable[[str], None] = print) -> Iterator[None]:
         """Hold the folder's lock while a run writes it; a second holder gets 'RUNDIR: in use by pid N'.
 
-        The lock is an flock on `.lock`, which the kernel drops when its process dies, so a lock left
-        by a killed run (its file still naming the dead pid) is taken over with a note. The file
-        holds the pid, host and start time for the message. Folders this call created are removed
+        The lock is an flock on `.lock`, which the kernel drops when its process dies (fork children
+        close their copy of the fd: `_HELD`), so a lock left by a killed run (its file still naming
+        the dead pid) is taken over with a note. The file holds the pid, host and start time for
+        the message. Folders this call created are removed
         again when nothing but the lock was written into them.
         """
         created = [p for p in (self.path, *self.path.parents) if not p.exists()]  # the folder first
@@ -262,6 +279,7 @@ class RunDir:
                 os.close(fd)
         except OSError as exc:
             raise UserError(f"{path}: cannot take the run folder's lock ({exc.strerror})") from None
+        _HELD.add(fd)
         try:
             left = os.pread(fd, 4096, 0)
             if left.strip():
@@ -272,6 +290,7 @@ class RunDir:
             yield
         finally:
             path.unlink(missing_ok=True)  # before the close: a waiter then sees another inode and retries
+            _HELD.discard(fd)
             os.close(fd)
             for folder in created:
                 if any(folder.iterdir()):

@@ -196,6 +196,35 @@ def test_lock_refuses_a_second_holder_and_takes_over_from_a_killed_one(tmp_path)
     assert sorted(p.name for p in path.iterdir()) == ["config.yaml"]  # released: the lock file is gone
 
 
+HOLD_WITH_CHILD = """\
+import os, sys, time
+from dcase_effdl.rundir import RunDir
+with RunDir(sys.argv[1]).lock():
+    if os.fork() == 0:  # as a DataLoader worker: forked while the lock is held, outlives its parent
+        time.sleep(60)
+        os._exit(0)
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_a_killed_run(tmp_path):
+    # CI once failed here: a resumed run found the folder 'in use' by the run it had just killed,
+    # because its loader worker (which shares the flock through its fd) was still alive.
+    path = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait()
+    notes = []
+    try:
+        with RunDir(path).lock(log=notes.append):
+            pass
+    finally:
+        subprocess.run(["pkill", "-f", "as a DataLoader worker"], check=False)
+    assert len(notes) == 1 and f"taking over the lock left by pid {holder.pid}" in notes[0]
+
+
 def test_lock_leaves_no_folder_when_nothing_was_written(tmp_path):
     with RunDir(tmp_path / "runs" / "q").lock():
         assert (tmp_path / "runs" / "q" / ".lock").is_file()
