@@ -127,6 +127,8 @@ def test_validation_split_small_sets_keep_every_class_on_both_sides():
     assert not {c.identifier for c in fit} & {c.identifier for c in val}
     with pytest.raises(UserError, match="between 0 and 1"):
         validation_split(clips, 1.0, seed=0)
+    # 0: the whole fold trains (a fixed-epoch recipe), whatever the seed.
+    assert validation_split(clips, 0.0, seed=3) == (clips, [])
 
 
 # ---------------------------------------------------------------- ambient3 (real audio, FLAC)

@@ -139,3 +139,30 @@ def test_bn_momentum_and_clip_norm_knobs():
     assert _counts(fast) == _counts(keras)  # the input layer has no parameters
     with pytest.raises(UserError, match="bn_momentum must be in"):
         build_model("dcase2020_baseline", {"bn_momentum": 0.0})
+
+
+def test_stats_head_and_input_stats():
+    params = {"conv_filters": [4, 8], "kernel_size": 3, "pool_sizes": [[5, 5], [4, 1]], "dense_units": 10}
+    stats = build_model("dcase2020_baseline", {**params, "head": "stats"}, n_classes=3, n_mels=40, n_frames=501)
+    assert stats.flatten_size == 8 * 2 * 2  # mean and std of 8 channels x 2 mel rows over 100 frames
+    both = build_model("dcase2020_baseline", {**params, "head": "stats", "input_stats": True}, n_classes=3, n_mels=40, n_frames=501)
+    assert both.flatten_size == 8 * 2 * 2 + 2 * 40
+    # Only the first dense layer grows: 80 more inputs x 10 units.
+    assert _counts(both)[0] - _counts(stats)[0] == 80 * 10
+    both.eval()
+    x = torch.randn(3, 1, 40, 501) * 2 + 1
+    assert both(x).shape == (3, 3)
+    # The input statistics are each band's mean and (population) std over time, as the logistic regression sees them.
+    z = both.input_stats(x)
+    torch.testing.assert_close(z[:, :40], x.mean(-1).flatten(1))
+    torch.testing.assert_close(z[:, 40:], x.std(-1, correction=0).flatten(1), rtol=1e-5, atol=1e-5)
+    # A constant band (digital silence) keeps a finite gradient.
+    silent = torch.zeros(2, 1, 40, 501, requires_grad=True)
+    both.train()
+    both(silent).sum().backward()
+    assert torch.isfinite(silent.grad).all()
+    # The baseline's layer names are kept, so its compressed variants' files read the same.
+    keys = set(build_model("dcase2020_baseline", params, n_frames=501).state_dict())
+    assert keys == set(stats.state_dict())
+    with pytest.raises(UserError, match="head 'stats' needs at least two frames after the last pool"):
+        build_model("dcase2020_baseline", {"head": "stats"}, n_classes=3, n_mels=40, n_frames=500)

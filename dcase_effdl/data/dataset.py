@@ -355,9 +355,12 @@ def validation_split(clips: Sequence[Clip], fraction: float, seed: int) -> tuple
 
     Locations (`identifier`; the file name when absent) are chosen per class so that every class with
     at least two locations appears on both sides. Deterministic for a seed; both lists keep input order.
+    `fraction` 0 trains on the whole fold: (all clips, []), whatever the seed.
     """
-    if not 0.0 < fraction < 1.0:
-        raise UserError(f"validation fraction must be between 0 and 1 (exclusive), got {fraction}")
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"validation fraction must be between 0 and 1 (0 included: no validation split), got {fraction}")
+    if fraction == 0.0:
+        return list(clips), []
     groups: dict[str, list[int]] = defaultdict(list)
     for i, clip in enumerate(clips):
         groups[clip.identifier or clip.filename].append(i)

@@ -30,6 +30,13 @@ Knobs (`model.params` in a recipe):
         last) to 66.6 % (66.5 % last), and the first four epochs sat at chance with 0.01.
     clip_norm: 'none' (default, the baseline) or 'band_mean': a first layer that subtracts each clip's
         mean over time per mel band (models/clip_norm.py), which removes recording-level differences.
+    head: 'flatten' (default, the baseline: the last block's map flattened) or 'stats': its mean and
+        standard deviation over the remaining frames per channel and mel bin (statistics pooling, as
+        in x-vectors), so the dense layers see how each feature varies over the clip; needs a last
+        pool that leaves at least two frames.
+    input_stats: also feed the dense layers each input band's mean and standard deviation over time
+        (2 x in_channels x n_mels values; what the logistic-regression reference of
+        benchmarks/compression_accuracy.py sees), default false.
 
 The data shape (n_classes, in_channels, n_mels, n_frames) comes from the dataset and the feature
 definition; the flatten size is computed from it. Input: (batch, in_channels, n_mels, n_frames).
@@ -52,6 +59,7 @@ KERAS_BN_MOMENTUM = 0.01
 KERAS_BN_EPS = 1e-3
 # Keras 2 'uniform' initializer = RandomUniform(minval=-0.05, maxval=0.05).
 KERAS_UNIFORM_LIMIT = 0.05
+STATS_VAR_FLOOR = 1e-6  # added to a variance before its square root (normalised units)
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,8 @@ class BaselineConfig:
     dense_init: Literal["uniform", "glorot_uniform"] = "uniform"
     clip_norm: Literal[CLIP_NORMS] = "none"
     bn_momentum: float = KERAS_BN_MOMENTUM
+    head: Literal["flatten", "stats"] = "flatten"
+    input_stats: bool = False
 
     def __post_init__(self):
         if not self.conv_filters or min(self.conv_filters) < 1:
@@ -108,9 +118,14 @@ class BaselineCNN(nn.Module):
                     f"{cfg.pool_sizes} (nothing left after pool {i + 1})"
                 )
         self.features = nn.Sequential(*blocks)
-        self.flatten_size = channels * height * width
+        if cfg.head == "stats" and width < 2:
+            raise UserError(f"model 'dcase2020_baseline': head 'stats' needs at least two frames after the last pool, "
+                            f"but pool_sizes {cfg.pool_sizes} leave {width} of {n_frames}")
+        self.head = TimeStats() if cfg.head == "stats" else nn.Flatten()
+        self.input_stats = TimeStats() if cfg.input_stats else None
+        self.flatten_size = channels * height * (2 if cfg.head == "stats" else width) + (2 * in_channels * n_mels if cfg.input_stats else 0)
         self.classifier = nn.Sequential(
-            nn.Flatten(),
+            nn.Flatten(),  # a no-op on the head's (B, features); kept so that layer names stay those of the baseline
             nn.Linear(self.flatten_size, cfg.dense_units),
             nn.ReLU(),
             nn.Dropout(cfg.dropout),
@@ -130,4 +145,18 @@ class BaselineCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
-        return self.classifier(self.features(self.input_norm(x)))
+        x = self.input_norm(x)
+        z = self.head(self.features(x))
+        if self.input_stats is not None:
+            z = torch.cat([z, self.input_stats(x)], dim=1)
+        return self.classifier(z)
+
+
+class TimeStats(nn.Module):
+    """(B, C, F, T) -> (B, 2 C F): mean and standard deviation over time per channel and band."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=-1)
+        # The variance floor keeps the gradient of sqrt finite for a constant row (digital silence).
+        std = (x - mean.unsqueeze(-1)).pow(2).mean(dim=-1).add(STATS_VAR_FLOOR).sqrt()
+        return torch.cat([mean.flatten(1), std.flatten(1)], dim=1)
