@@ -11,6 +11,7 @@ import pytest
 from dcase_effdl.data.dataset import (
     Clip,
     check_layout,
+    grouped_folds,
     load_dataset,
     missing_audio,
     parse_filename,
@@ -129,6 +130,23 @@ def test_validation_split_small_sets_keep_every_class_on_both_sides():
         validation_split(clips, 1.0, seed=0)
     # 0: the whole fold trains (a fixed-epoch recipe), whatever the seed.
     assert validation_split(clips, 0.0, seed=3) == (clips, [])
+
+
+def test_grouped_folds_keep_locations_together_and_spread_each_class():
+    clips = []
+    for label, sizes in (("a", [4, 4, 4, 4]), ("b", [6, 1, 2, 3, 2, 2]), ("c", [3, 3, 3])):
+        for loc, n in enumerate(sizes):
+            clips += [Clip(f"audio/{label}-c-{label}{loc}-{i}-a.wav", label, f"c-{label}{loc}") for i in range(n)]
+    folds = grouped_folds(clips, 3, seed=0)
+    for loc in {c.identifier for c in clips}:
+        assert len({int(f) for c, f in zip(clips, folds) if c.identifier == loc}) == 1
+    per_fold = {label: sorted(sum(1 for c, f in zip(clips, folds) if c.scene_label == label and f == k) for k in range(3))
+                for label in "abc"}
+    # Largest location first, each to the emptiest fold: a 16 -> 8/4/4, b 16 (6, 3, 2, 2, 2, 1) -> 6/5/5, c 9 -> 3/3/3.
+    assert per_fold == {"a": [4, 4, 8], "b": [5, 5, 6], "c": [3, 3, 3]}
+    assert (grouped_folds(clips, 3, seed=0) == folds).all()
+    with pytest.raises(UserError, match="at least 2 folds"):
+        grouped_folds(clips, 1, seed=0)
 
 
 # ---------------------------------------------------------------- ambient3 (real audio, FLAC)

@@ -395,3 +395,29 @@ def validation_split(clips: Sequence[Clip], fraction: float, seed: int) -> tuple
     train = [c for i, c in enumerate(clips) if i not in val_set]
     val = [clips[i] for i in val_idx]
     return train, val
+
+
+def grouped_folds(clips: Sequence[Clip], k: int, seed: int) -> np.ndarray:
+    """Fold index (0..k-1) per clip for a source-grouped k-fold cross-validation: all clips of a location
+    (`identifier`; the file name when absent) in one fold, each class's locations spread so its clip counts
+    per fold are even. Per class (in sorted order) the locations are shuffled, then taken largest first
+    (ties in shuffled order), each to the fold holding fewest clips of that class (ties: random)."""
+    if k < 2:
+        raise UserError(f"cross-validation needs at least 2 folds, got {k}")
+    rng = np.random.default_rng(seed)
+    keys = [clip.identifier or clip.filename for clip in clips]
+    fold = np.zeros(len(clips), dtype=np.int64)
+    for label in sorted({clip.scene_label or "" for clip in clips}):
+        members = defaultdict(list)
+        for i, (clip, key) in enumerate(zip(clips, keys)):
+            if (clip.scene_label or "") == label:
+                members[key].append(i)
+        order = sorted(members)
+        order = [order[i] for i in rng.permutation(len(order))]
+        order.sort(key=lambda key: -len(members[key]))
+        count = np.zeros(k)
+        for key in order:
+            target = int(np.argmin(count + rng.random(k) * 1e-3))
+            fold[members[key]] = target
+            count[target] += len(members[key])
+    return fold
