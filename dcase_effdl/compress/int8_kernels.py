@@ -20,8 +20,13 @@ Without VNNI (AVX2) the kernel adds pairs of u8 x s8 products in int16, which ca
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
+import queue
+import threading
+from concurrent.futures import Future
 
 import torch
 import torch.nn as nn
@@ -35,6 +40,105 @@ WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127]
 # 116 / 136 / 152 ms in chunks of 8 / 4 / 16 examples (1 thread, shared machine): the conv writes its
 # output at memory speed and the pool reads it back, unless both fit in the caches.
 POOL_CHUNK_BYTES = 4 << 20
+# A layer call with fewer multiply-adds runs on the calling thread alone: waking another thread costs
+# more than it saves. The 2020 baseline at batch 1 (31 M + 80 M multiply-adds in its convs) took
+# 2.5-3.5 ms on one thread, 4.4-6.6 ms with its convs split over 2 (shared 2-core machine, load 3).
+PARALLEL_MACS = 1 << 28
+
+
+def pool_tiles(batch: int, rows: int, example_bytes: int, threads: int) -> list[tuple[int, int, int, int]]:
+    """(b0, b1, p0, p1) tiles of a conv that pools its codes: examples b0..b1, pooled rows p0..p1.
+
+    Chunks of examples whose conv output fits POOL_CHUNK_BYTES (`example_bytes` each), as many
+    chunks as a multiple of `threads` and of even size, so the threads get equal shares; fewer
+    examples than threads: each example's pooled rows are split instead.
+    """
+    if batch >= threads or rows == 1:
+        n = math.ceil(batch / max(1, POOL_CHUNK_BYTES // example_bytes))
+        n = min(batch, math.ceil(n / threads) * threads)
+        bounds = [round(i * batch / n) for i in range(n + 1)]
+        return [(b0, b1, 0, rows) for b0, b1 in zip(bounds, bounds[1:])]
+    parts = min(rows, math.ceil(threads / batch))
+    bounds = [round(i * rows / parts) for i in range(parts + 1)]
+    return [(b, b + 1, p0, p1) for b in range(batch) for p0, p1 in zip(bounds, bounds[1:])]
+
+
+class _Workers:
+    """`n` threads that each run torch ops on one intra-op thread, taking tasks from one queue."""
+
+    def __init__(self, n: int):
+        self.pid, self._tasks = os.getpid(), queue.SimpleQueue()
+        caller, ready = torch.get_num_threads(), threading.Barrier(n + 1)
+        for _ in range(n):
+            threading.Thread(target=self._work, args=(ready,), daemon=True, name="int8-tiles").start()
+        ready.wait()
+        # A thread's set_num_threads also sets the count later new threads start with: put it back.
+        torch.set_num_threads(caller)
+
+    def _work(self, ready: threading.Barrier) -> None:
+        torch.set_num_threads(1)
+        ready.wait()
+        while True:
+            fn, item, inference, future = self._tasks.get()
+            try:
+                # Grad and inference modes are per thread: the caller's (its outputs may be inference tensors).
+                with torch.inference_mode(inference), torch.no_grad():
+                    future.set_result(fn(item))
+            except BaseException as exc:  # handed to the caller, which raises it
+                future.set_exception(exc)
+
+    def map(self, fn, items) -> list:
+        inference = torch.is_inference_mode_enabled()
+        futures = []
+        for item in items:
+            futures.append(Future())
+            self._tasks.put((fn, item, inference, futures[-1]))
+        return [f.result() for f in futures]
+
+
+_WORKERS: dict[int, _Workers] = {}
+
+
+def layer_threads(macs: int) -> int:
+    """Threads for a layer call of `macs` multiply-adds: torch's intra-op count, or 1 for a small call
+    (below PARALLEL_MACS), under a dispatch mode or a trace (they watch the calling thread only, and
+    would miss what other threads compute)."""
+    if macs < PARALLEL_MACS or torch._C._len_torch_dispatch_stack() or torch.jit.is_tracing():
+        return 1
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch and oneDNN on the calling thread alone inside the block (0.5 us to set and reset)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_tiles(fn, tiles: list, threads: int) -> None:
+    """fn(tile) for each tile: on the calling thread, or (threads > 1) on `threads` threads that run
+    torch on one intra-op thread each.
+
+    Threads that each take whole tiles instead of oneDNN and torch parallelizing every call: on this
+    2-core machine the int8 model at batch 64 took 202 ms with 2 threads against 158 ms with 1 (each
+    of the ~100 small parallel calls a batch wakes the other thread, which OMP_WAIT_POLICY=PASSIVE
+    puts to sleep in between).
+    """
+    if threads == 1 or len(tiles) == 1:
+        for tile in tiles:
+            fn(tile)
+        return
+    workers = _WORKERS.get(threads)
+    if workers is None or workers.pid != os.getpid():  # threads do not survive a fork
+        workers = _WORKERS[threads] = _Workers(threads)
+    workers.map(fn, tiles)
 
 
 def check_kernels() -> None:
@@ -203,35 +307,66 @@ class Int8Conv2d(_Int8Layer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None:  # Python scalars, cached with the packed weights until the tensors change
-            self._args = self._qparams(), self._post_op()
+            self._args, self._packed = (self._qparams(), self._post_op()), {}
+        h_out, w_out = self.output_hw(*x.shape[2:])
+        threads = layer_threads(self.count_macs([x], None))
+        if self.pool is None:
+            with one_thread() if threads == 1 else contextlib.nullcontext():
+                return self._conv(*self._kernel_input(x, 0, len(x), 0, h_out))
+        kh, kw = self.pool
+        ho, wo = h_out // kh, w_out // kw
+        tiles = pool_tiles(len(x), ho, self.out_channels * h_out * w_out, threads)
+        out = torch.empty((len(x), self.out_channels, ho, wo), dtype=torch.uint8, memory_format=torch.channels_last)
+
+        def tile(t: tuple[int, int, int, int]) -> None:
+            b0, b1, p0, p1 = t  # examples b0..b1, pooled rows p0..p1
+            codes = self._conv(*self._kernel_input(x, b0, b1, p0 * kh, p1 * kh))
+            out[b0:b1, :, p0:p1] = max_pool_codes(codes, kh, kw)
+
+        with one_thread() if threads == 1 else contextlib.nullcontext():
+            run_tiles(tile, tiles, threads)
+        return out
+
+    def _conv(self, qx: torch.Tensor, row_pad: int) -> torch.Tensor:
+        """The integer kernel on codes in its layout (`_kernel_input`), weights packed for their shape."""
         (x_scale, x_zp, w_scale, w_zp), (o_scale, o_zp, o_dtype, post_op, scalars) = self._args
-        qx = self._quantized_input(x, x_scale, x_zp)
-        if self.unfold_rows:
-            qx = self._unfold_rows(qx, x_zp)
-        else:
-            qx = qx.contiguous(memory_format=torch.channels_last)
-        if self._packed is None or self._packed_for != qx.shape[1:]:
+        _, stride, padding, dilation = self._geometry(weights=False)
+        padding = [row_pad, padding[1]]
+        shape = (*qx.shape[1:], row_pad)
+        packed = self._packed.get(shape)
+        if packed is None:
             # Packed for this input's channels, height and width: without them oneDNN picks a weight
             # layout its AMX kernel does not take and reorders the weights on every call (any batch
-            # size shares one layout).
-            weight, stride, padding, dilation = self._geometry()
-            self._packed = torch.ops.onednn.qconv_prepack(
-                weight, w_scale, x_scale, x_zp, stride, padding, dilation, self.groups, [1, *qx.shape[1:]])
-            self._packed_for = qx.shape[1:]
-        _, stride, padding, dilation = self._geometry(weights=False)
+            # size shares one layout). A few shapes at most: the whole input and its row tiles.
+            packed = self._packed[shape] = torch.ops.onednn.qconv_prepack(
+                self._geometry()[0], w_scale, x_scale, x_zp, stride, padding, dilation, self.groups, [1, *qx.shape[1:]])
+        return torch.ops.onednn.qconv2d_pointwise(
+            qx, x_scale, x_zp, packed, w_scale, w_zp, self.bias, stride, padding, dilation,
+            self.groups, o_scale, o_zp, o_dtype, post_op, scalars, "")
 
-        def conv(inp: torch.Tensor) -> torch.Tensor:
-            return torch.ops.onednn.qconv2d_pointwise(
-                inp, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, stride, padding, dilation,
-                self.groups, o_scale, o_zp, o_dtype, post_op, scalars, "")
+    def _kernel_input(self, x: torch.Tensor, b0: int, b1: int, r0: int, r1: int) -> tuple[torch.Tensor, int]:
+        """(uint8 codes of examples b0..b1 that output rows r0..r1 read, channels-last; rows the kernel pads).
 
-        if self.pool is None:
-            return conv(qx)
-        h_out, w_out = self.output_hw(*x.shape[2:])
-        n = max(1, POOL_CHUNK_BYTES // (self.out_channels * h_out * w_out))
-        if n >= len(qx):
-            return max_pool_codes(conv(qx), *self.pool)
-        return torch.cat([max_pool_codes(conv(qx[i : i + n]), *self.pool) for i in range(0, len(qx), n)])
+        Rows outside the input are padded with the zero point (real zeros, as the kernel pads), here
+        unless the kernel can: the same number above and below, not row-unfolded. Row-unfolded
+        (`unfold_rows`): (n, C * k_h, r1 - r0, W), channel c * k_h + i = row offset i.
+        """
+        x_scale, x_zp = self._args[0][:2]
+        kh, sh, ph, dh = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
+        h = x.shape[2]
+        lo, hi = r0 * sh - ph, (r1 - 1) * sh + dh * (kh - 1) + 1 - ph  # input rows read, before padding
+        qx = self._quantized_input(x[b0:b1, :, max(lo, 0) : min(hi, h)], x_scale, x_zp)
+        if not self.unfold_rows and -lo == hi - h >= 0:
+            return qx.contiguous(memory_format=torch.channels_last), -lo
+        if lo < 0 or hi > h:
+            qx = F.pad(qx, (0, 0, max(-lo, 0), max(hi - h, 0)), value=x_zp)
+        if not self.unfold_rows:
+            return qx.contiguous(memory_format=torch.channels_last), 0
+        end = sh * (r1 - r0 - 1) + 1
+        # Stacked along a last axis and viewed as NCHW: channels-last in one copy (unfold, reshape and
+        # a channels-last copy took 25 ms against 19 ms at batch 64 on 1 x 40 x 500 inputs).
+        rows = [qx[:, c, i : i + end : sh] for c in range(qx.shape[1]) for i in range(kh)]
+        return torch.stack(rows, dim=-1).permute(0, 3, 1, 2), 0
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
         """Height and width of the convolution's output (before any pooling) for an h x w input."""
@@ -251,18 +386,6 @@ class Int8Conv2d(_Int8Layer):
             return self.weight if weights else None, self.stride, self.padding, self.dilation
         weight = self._row_weight() if weights else None
         return weight, [1, self.stride[1]], [0, self.padding[1]], [1, self.dilation[1]]
-
-    def _unfold_rows(self, qx: torch.Tensor, x_zp: int) -> torch.Tensor:
-        """uint8 codes (B, C, H, W) -> (B, C * k_h, H_out, W) channels-last, channel c * k_h + i = row offset i."""
-        kh, sh, ph = self.kernel_size[0], self.stride[0], self.padding[0]
-        if ph:  # pad with the zero point: real zeros, as the kernel pads the other axis
-            qx = F.pad(qx, (0, 0, ph, ph), value=x_zp)
-        h_out = (qx.shape[2] - kh) // sh + 1
-        end = sh * (h_out - 1) + 1
-        # Stacked along a last axis and viewed as NCHW: channels-last in one copy (unfold, reshape and
-        # a channels-last copy took 25 ms against 19 ms at batch 64 on 1 x 40 x 500 inputs).
-        rows = [qx[:, c, i : i + end : sh] for c in range(qx.shape[1]) for i in range(kh)]
-        return torch.stack(rows, dim=-1).permute(0, 3, 1, 2)
 
     def _row_weight(self) -> torch.Tensor:
         c_out, c_in, kh, kw = self.weight.shape
@@ -297,9 +420,10 @@ class Int8Linear(_Int8Layer):
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
         (x_scale, x_zp, w_scale, w_zp), (o_scale, o_zp, o_dtype, post_op, scalars) = self._args
         lead = x.shape[:-1]
-        qx = self._quantized_input(x.reshape(-1, self.in_features), x_scale, x_zp).contiguous()
-        out = torch.ops.onednn.qlinear_pointwise(
-            qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, o_scale, o_zp, o_dtype, post_op, scalars, "")
+        with one_thread() if layer_threads(x.numel() * self.out_features) == 1 else contextlib.nullcontext():
+            qx = self._quantized_input(x.reshape(-1, self.in_features), x_scale, x_zp).contiguous()
+            out = torch.ops.onednn.qlinear_pointwise(
+                qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, o_scale, o_zp, o_dtype, post_op, scalars, "")
         return out.reshape(*lead, self.out_features)
 
     def count_macs(self, inputs, output) -> int:
