@@ -328,10 +328,9 @@ class Int8Conv2d(_Int8Layer):
         return out
 
     def _conv(self, qx: torch.Tensor, row_pad: int) -> torch.Tensor:
-        """The integer kernel on codes in its layout (`_kernel_input`), weights packed for their shape."""
+        """The integer kernel on codes from `_kernel_input`, weights packed for their shape."""
         (x_scale, x_zp, w_scale, w_zp), (o_scale, o_zp, o_dtype, post_op, scalars) = self._args
-        _, stride, padding, dilation = self._geometry(weights=False)
-        padding = [row_pad, padding[1]]
+        padding = [row_pad, self.padding[1]]
         shape = (*qx.shape[1:], row_pad)
         packed = self._packed.get(shape)
         if packed is None:
@@ -339,57 +338,32 @@ class Int8Conv2d(_Int8Layer):
             # layout its AMX kernel does not take and reorders the weights on every call (any batch
             # size shares one layout). A few shapes at most: the whole input and its row tiles.
             packed = self._packed[shape] = torch.ops.onednn.qconv_prepack(
-                self._geometry()[0], w_scale, x_scale, x_zp, stride, padding, dilation, self.groups, [1, *qx.shape[1:]])
+                self.weight, w_scale, x_scale, x_zp, self.stride, padding, self.dilation, self.groups, [1, *qx.shape[1:]])
         return torch.ops.onednn.qconv2d_pointwise(
-            qx, x_scale, x_zp, packed, w_scale, w_zp, self.bias, stride, padding, dilation,
+            qx, x_scale, x_zp, packed, w_scale, w_zp, self.bias, self.stride, padding, self.dilation,
             self.groups, o_scale, o_zp, o_dtype, post_op, scalars, "")
 
     def _kernel_input(self, x: torch.Tensor, b0: int, b1: int, r0: int, r1: int) -> tuple[torch.Tensor, int]:
         """(uint8 codes of examples b0..b1 that output rows r0..r1 read, channels-last; rows the kernel pads).
 
         Rows outside the input are padded with the zero point (real zeros, as the kernel pads), here
-        unless the kernel can: the same number above and below, not row-unfolded. Row-unfolded
-        (`unfold_rows`): (n, C * k_h, r1 - r0, W), channel c * k_h + i = row offset i.
+        where the kernel cannot: not the same number above and below (a tile of the rows).
         """
         x_scale, x_zp = self._args[0][:2]
         kh, sh, ph, dh = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
         h = x.shape[2]
         lo, hi = r0 * sh - ph, (r1 - 1) * sh + dh * (kh - 1) + 1 - ph  # input rows read, before padding
         qx = self._quantized_input(x[b0:b1, :, max(lo, 0) : min(hi, h)], x_scale, x_zp)
-        if not self.unfold_rows and -lo == hi - h >= 0:
+        if -lo == hi - h >= 0:
             return qx.contiguous(memory_format=torch.channels_last), -lo
         if lo < 0 or hi > h:
             qx = F.pad(qx, (0, 0, max(-lo, 0), max(hi - h, 0)), value=x_zp)
-        if not self.unfold_rows:
-            return qx.contiguous(memory_format=torch.channels_last), 0
-        end = sh * (r1 - r0 - 1) + 1
-        # Stacked along a last axis and viewed as NCHW: channels-last in one copy (unfold, reshape and
-        # a channels-last copy took 25 ms against 19 ms at batch 64 on 1 x 40 x 500 inputs).
-        rows = [qx[:, c, i : i + end : sh] for c in range(qx.shape[1]) for i in range(kh)]
-        return torch.stack(rows, dim=-1).permute(0, 3, 1, 2), 0
+        return qx.contiguous(memory_format=torch.channels_last), 0
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
         """Height and width of the convolution's output (before any pooling) for an h x w input."""
         return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
                      for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
-
-    @property
-    def unfold_rows(self) -> bool:
-        """Few input channels (e.g. a first layer on one log-mel channel): oneDNN's int8 convolution
-        reduces over channels in groups of 4 and runs slower than float32 here, so the kernel rows
-        become channels (C_in x k_h of them, stride 1 over them) and the kernel 1 x k_w: same sums."""
-        return self.in_channels < 4 and self.groups == 1 and self.dilation[0] == 1
-
-    def _geometry(self, weights: bool = True):
-        """(weight, stride, padding, dilation) the kernel sees (row-unfolded: a 1 x k_w kernel)."""
-        if not self.unfold_rows:
-            return self.weight if weights else None, self.stride, self.padding, self.dilation
-        weight = self._row_weight() if weights else None
-        return weight, [1, self.stride[1]], [0, self.padding[1]], [1, self.dilation[1]]
-
-    def _row_weight(self) -> torch.Tensor:
-        c_out, c_in, kh, kw = self.weight.shape
-        return self.weight.reshape(c_out, c_in * kh, 1, kw)
 
     def count_macs(self, inputs, output) -> int:
         n_out = len(inputs[0]) * self.out_channels * math.prod(self.output_hw(*inputs[0].shape[2:]))
