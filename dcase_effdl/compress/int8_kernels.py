@@ -12,8 +12,11 @@ tensor; zero point 0), adds the float32 bias, optionally applies a fused ReLU an
 A layer whose output reaches the next int8 layer only through dropout or flatten (`uint8_out`)
 instead requantizes in the kernel to the next layer's input scale and returns uint8 codes, which
 the next layer takes as they are (no float round trip). A conv with uint8 output whose codes go
-straight into a max-pool (`pool`) pools them itself, a few examples at a time, while the codes are
-still in cache; the pool module then passes them on (`CodeMaxPool2d(fused=True)`).
+straight into a max-pool (`pool`) pools them itself, a tile (a few examples, or rows of one) at a
+time, while the codes are still in cache; the pool module then passes them on
+(`CodeMaxPool2d(fused=True)`). With several intra-op threads, threads take whole tiles (quantize,
+conv, pool) on one intra-op thread each, and a small layer call runs on the calling thread alone:
+per-call parallelism woke the other, sleeping, thread for every op and ran slower than one thread.
 Without VNNI (AVX2) the kernel adds pairs of u8 x s8 products in int16, which can saturate: with
 `act_qmax=127` ("reduce range", PyTorch's own default for x86) activations use 7 bits and it cannot.
 """
@@ -76,6 +79,9 @@ class _Workers:
         torch.set_num_threads(caller)
 
     def _work(self, ready: threading.Barrier) -> None:
+        # get first: a thread's first use of torch sets its count to the global one, which the
+        # caller puts back to its own once every worker is ready.
+        torch.get_num_threads()
         torch.set_num_threads(1)
         ready.wait()
         while True:
