@@ -43,10 +43,12 @@ WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127]
 # 116 / 136 / 152 ms in chunks of 8 / 4 / 16 examples (1 thread, shared machine): the conv writes its
 # output at memory speed and the pool reads it back, unless both fit in the caches.
 POOL_CHUNK_BYTES = 4 << 20
-# A layer call with fewer multiply-adds runs on the calling thread alone: waking another thread costs
-# more than it saves. The 2020 baseline at batch 1 (31 M + 80 M multiply-adds in its convs) took
-# 2.5-3.5 ms on one thread, 4.4-6.6 ms with its convs split over 2 (shared 2-core machine, load 3).
-PARALLEL_MACS = 1 << 28
+# A layer call with fewer multiply-adds runs on the calling thread alone: waking another thread, and
+# waiting for its last tile when it is preempted, costs more than it saves. Shared 2-core machine,
+# load 5, 2 threads, tiles split over both / all on one: the recipes/int8.yaml network at batch 1
+# (second conv 320 M) 6.7 / 2.3 ms; the 2020 baseline at batch 16 (convs 0.5 G, 1.3 G) 19 / 16 ms,
+# at batch 64 75 / 71 ms; on 2 idle cores a split halves the time (2 G multiply-adds: ~30 ms on one).
+PARALLEL_MACS = 1 << 29
 
 
 def pool_tiles(batch: int, rows: int, example_bytes: int, threads: int) -> list[tuple[int, int, int, int]]:
@@ -66,11 +68,36 @@ def pool_tiles(batch: int, rows: int, example_bytes: int, threads: int) -> list[
     return [(b, b + 1, p0, p1) for b in range(batch) for p0, p1 in zip(bounds, bounds[1:])]
 
 
+class _Share:
+    """The tiles of one layer call, taken one at a time by the caller and the workers that get to it."""
+
+    def __init__(self, fn, tiles: list):
+        self.fn, self.tiles, self.inference = fn, tiles, torch.is_inference_mode_enabled()
+        self.taken = self.left = 0
+        self.lock, self.done, self.error = threading.Lock(), threading.Event(), None
+
+    def work(self) -> None:
+        while True:
+            with self.lock:
+                if self.taken == len(self.tiles):
+                    return
+                tile, self.taken = self.tiles[self.taken], self.taken + 1
+            try:
+                if self.error is None:
+                    self.fn(tile)
+            except BaseException as exc:  # raised by the caller
+                self.error = exc
+            with self.lock:
+                self.left += 1
+                if self.left == len(self.tiles):
+                    self.done.set()
+
+
 class _Workers:
-    """`n` threads that each run torch ops on one intra-op thread, taking tasks from one queue."""
+    """`n` threads that each run torch ops on one intra-op thread, helping the caller with its tiles."""
 
     def __init__(self, n: int):
-        self.pid, self._tasks = os.getpid(), queue.SimpleQueue()
+        self.n, self.pid, self._shares = n, os.getpid(), queue.SimpleQueue()
         caller, ready = torch.get_num_threads(), threading.Barrier(n + 1)
         for _ in range(n):
             threading.Thread(target=self._work, args=(ready,), daemon=True, name="int8-tiles").start()
@@ -85,21 +112,22 @@ class _Workers:
         torch.set_num_threads(1)
         ready.wait()
         while True:
-            fn, item, inference, future = self._tasks.get()
-            try:
-                # Grad and inference modes are per thread: the caller's (its outputs may be inference tensors).
-                with torch.inference_mode(inference), torch.no_grad():
-                    future.set_result(fn(item))
-            except BaseException as exc:  # handed to the caller, which raises it
-                future.set_exception(exc)
+            share = self._shares.get()
+            # Grad and inference modes are per thread: the caller's (its outputs may be inference tensors).
+            with torch.inference_mode(share.inference), torch.no_grad():
+                share.work()
 
-    def map(self, fn, items) -> list:
-        inference = torch.is_inference_mode_enabled()
-        futures = []
-        for item in items:
-            futures.append(Future())
-            self._tasks.put((fn, item, inference, futures[-1]))
-        return [f.result() for f in futures]
+    def run(self, fn, tiles: list) -> None:
+        """fn(tile) for each tile, the caller taking tiles too: a worker that is slow to wake up (the
+        cores busy) leaves it more, down to all of them, instead of making it wait."""
+        share = _Share(fn, tiles)
+        for _ in range(self.n):
+            self._shares.put(share)
+        with one_thread():
+            share.work()
+        share.done.wait()
+        if share.error is not None:
+            raise share.error
 
 
 _WORKERS: dict[int, _Workers] = {}
@@ -129,8 +157,8 @@ def one_thread():
 
 
 def run_tiles(fn, tiles: list, threads: int) -> None:
-    """fn(tile) for each tile: on the calling thread, or (threads > 1) on `threads` threads that run
-    torch on one intra-op thread each.
+    """fn(tile) for each tile: on the calling thread, or (threads > 1) on it and `threads - 1` more
+    threads, each running torch on one intra-op thread.
 
     Threads that each take whole tiles instead of oneDNN and torch parallelizing every call: on this
     2-core machine the int8 model at batch 64 took 202 ms with 2 threads against 158 ms with 1 (each
@@ -143,8 +171,8 @@ def run_tiles(fn, tiles: list, threads: int) -> None:
         return
     workers = _WORKERS.get(threads)
     if workers is None or workers.pid != os.getpid():  # threads do not survive a fork
-        workers = _WORKERS[threads] = _Workers(threads)
-    workers.map(fn, tiles)
+        workers = _WORKERS[threads] = _Workers(threads - 1)
+    workers.run(fn, tiles)
 
 
 def check_kernels() -> None:
