@@ -44,10 +44,11 @@ WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127]
 # output at memory speed and the pool reads it back, unless both fit in the caches.
 POOL_CHUNK_BYTES = 4 << 20
 # A layer call with fewer multiply-adds runs on the calling thread alone: waking another thread, and
-# waiting for its last tile when it is preempted, costs more than it saves. Shared 2-core machine,
-# load 5, 2 threads, tiles split over both / all on one: the recipes/int8.yaml network at batch 1
-# (second conv 320 M) 6.7 / 2.3 ms; the 2020 baseline at batch 16 (convs 0.5 G, 1.3 G) 19 / 16 ms,
-# at batch 64 75 / 71 ms; on 2 idle cores a split halves the time (2 G multiply-adds: ~30 ms on one).
+# waiting for its last tile when it is preempted, costs more than it saves. 2^29 is ~4 ms of conv on
+# one thread here. Shared 2-core machine (other sessions' jobs, load 4-5), 2 threads, tiles split over
+# both / all on one: the recipes/int8.yaml network at batch 1 (second conv 320 M) 6.7 / 2.3 ms; the
+# 2020 baseline at batch 16 (convs 0.5 G, 1.3 G) 19 / 16 ms, at batch 64 75 / 71 ms: with the other
+# sessions busy, this session's threads shared about one core between them (see run_tiles).
 PARALLEL_MACS = 1 << 29
 
 
@@ -163,7 +164,9 @@ def run_tiles(fn, tiles: list, threads: int) -> None:
     Threads that each take whole tiles instead of oneDNN and torch parallelizing every call: on this
     2-core machine the int8 model at batch 64 took 202 ms with 2 threads against 158 ms with 1 (each
     of the ~100 small parallel calls a batch wakes the other thread, which OMP_WAIT_POLICY=PASSIVE
-    puts to sleep in between).
+    puts to sleep in between). Linux groups a session's processes (sched_autogroup): `nice` does not
+    lower a job against another session's, and 2 sessions' busy jobs leave this one about one core;
+    a conv tile of the baseline (5 examples) then took 2 ms alone and 10 ms beside the other thread's.
     """
     if threads == 1 or len(tiles) == 1:
         for tile in tiles:
