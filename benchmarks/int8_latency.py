@@ -215,8 +215,9 @@ def main() -> None:
             else:
                 agree_t = agree
             ms = time_rounds(row_fns, x, args.repeats, args.warmup)
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             print(f"batch {batch}, {threads} thread{'s' if threads > 1 else ''} (median of {args.repeats} alternating "
-                  f"rounds; {agree_t}):")
+                  f"rounds, load average {load:.2f} on {os.cpu_count()} CPUs; {agree_t}):")
             for name, value in ms.items():
                 ratio = "" if name == INT8 else f"   project int8 speed-up x{value / ms[INT8]:.2f}"
                 print(f"  {name:<46} {value:9.2f} ms/batch{ratio}")
