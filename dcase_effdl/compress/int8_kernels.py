@@ -29,7 +29,6 @@ import math
 import os
 import queue
 import threading
-from concurrent.futures import Future
 
 import torch
 import torch.nn as nn
@@ -262,7 +261,7 @@ class _Int8Layer(nn.Module):
         self.act_qmax = act_qmax
         self.relu = relu
         self.uint8_out = uint8_out
-        self._packed = self._packed_for = None
+        self._packed = None
         self._register_load_state_dict_pre_hook(self._forget_packed)
 
     def _forget_packed(self, *args, **kwargs) -> None:
