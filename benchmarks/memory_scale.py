@@ -97,9 +97,10 @@ FEEDS = (("in RAM", 0), ("packed", 0), ("packed", 1), ("packed", 2), ("in RAM", 
 
 
 def throughput(recipe_path: str, overrides: list[str], data: Path, epochs: int = 3, rounds: int = 1) -> dict:
-    """Training clips/s of the mini-batch loop per (source, loader_workers) of FEEDS: packed per-batch features
-    or the same split in RAM; epochs 2.. only (the first starts the workers); the median of `rounds` rounds,
-    each running every feed once."""
+    """(training clips/s, share of the loop's time spent waiting for batches) of the mini-batch loop per
+    (source, loader_workers) of FEEDS: packed per-batch features or the same split in RAM; epochs 2.. only
+    (the first starts the workers); medians of `rounds` rounds, each running every feed once. The wait
+    share does not depend on how busy the CPU is the way clips/s does."""
     import statistics
 
     import torch
@@ -121,8 +122,10 @@ def throughput(recipe_path: str, overrides: list[str], data: Path, epochs: int =
             model = spec.build()
             cfg = replace(recipe.train, loader_workers=workers)
             rows = fit(model, sources[source], cfg, seed=recipe.seed, tune=FineTune(epochs=epochs), desc="throughput").epochs[1:]
-            rates[source, workers].append(len(bundle.x_train) * len(rows) / sum(r["train_seconds"] for r in rows))
-    return {feed: statistics.median(r) for feed, r in rates.items()}
+            seconds = sum(r["train_seconds"] for r in rows)
+            rates[source, workers].append((len(bundle.x_train) * len(rows) / seconds,
+                                           sum(r["data_seconds"] for r in rows) / seconds))
+    return {feed: tuple(statistics.median(v) for v in zip(*r)) for feed, r in rates.items()}
 
 
 def main() -> None:
@@ -184,9 +187,10 @@ def main() -> None:
         print(f"\ntraining throughput, epochs 2-3 on {sizes[1]} generated clips' training fold ({args.threads} thread(s); "
               f"ratio: against in RAM, read in the loop; median of {args.rounds} round(s)):")
         for name, by_feed in rates.items():
-            base = by_feed["in RAM", 0]
-            for (source, workers), rate in by_feed.items():
-                print(f"  {name:28s} {source:7s} loader_workers={workers}: {rate:7.1f} clips/s (ratio {rate / base:.2f})")
+            base = by_feed["in RAM", 0][0]
+            for (source, workers), (rate, waiting) in by_feed.items():
+                print(f"  {name:28s} {source:7s} loader_workers={workers}: {rate:7.1f} clips/s (ratio {rate / base:.2f}), "
+                      f"{100 * waiting:4.1f} % of the loop waiting for batches")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
