@@ -121,11 +121,11 @@ class BaselineCNN(nn.Module):
         if cfg.head == "stats" and width < 2:
             raise UserError(f"model 'dcase2020_baseline': head 'stats' needs at least two frames after the last pool, "
                             f"but pool_sizes {cfg.pool_sizes} leave {width} of {n_frames}")
-        self.head = TimeStats() if cfg.head == "stats" else nn.Flatten()
+        self.stats_head = TimeStats() if cfg.head == "stats" else None
         self.input_stats = TimeStats() if cfg.input_stats else None
         self.flatten_size = channels * height * (2 if cfg.head == "stats" else width) + (2 * in_channels * n_mels if cfg.input_stats else 0)
         self.classifier = nn.Sequential(
-            nn.Flatten(),  # a no-op on the head's (B, features); kept so that layer names stay those of the baseline
+            nn.Flatten(),
             nn.Linear(self.flatten_size, cfg.dense_units),
             nn.ReLU(),
             nn.Dropout(cfg.dropout),
@@ -145,10 +145,14 @@ class BaselineCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in_channels, n_mels, n_frames) -> logits (batch, n_classes)."""
+        # Without the options the graph is the baseline's (conv blocks -> flatten -> dense), as channel
+        # pruning and int8 find their layer chains in it with torch.fx.
         x = self.input_norm(x)
-        z = self.head(self.features(x))
+        z = self.features(x)
+        if self.stats_head is not None:
+            z = self.stats_head(z)
         if self.input_stats is not None:
-            z = torch.cat([z, self.input_stats(x)], dim=1)
+            z = torch.cat([z.flatten(1), self.input_stats(x)], dim=1)
         return self.classifier(z)
 
 
