@@ -33,7 +33,8 @@ Knobs (`model.params` in a recipe):
     head: 'flatten' (default, the baseline: the last block's map flattened) or 'stats': its mean and
         standard deviation over the remaining frames per channel and mel bin (statistics pooling, as
         in x-vectors), so the dense layers see how each feature varies over the clip; needs a last
-        pool that leaves at least two frames.
+        pool that leaves at least two frames. On ambient3 neither it nor input_stats beat the flatten
+        head (source-grouped CV, recipes/ambient3.yaml: 42.8 and 46.5 % against 55.7 %).
     input_stats: also feed the dense layers each input band's mean and standard deviation over time
         (2 x in_channels x n_mels values; what the logistic-regression reference of
         benchmarks/compression_accuracy.py sees), default false.
