@@ -172,7 +172,12 @@ def run_parallel(recipe: str, seeds: list[int], data: str | None, out: str, over
     from dcase_effdl.seeds import check_seeds, seed_run_dir
 
     check_seeds(seeds, overrides)
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    # The pipeline sets torch's threads from train.threads (0: every physical core), not from OMP_NUM_THREADS;
+    # train.threads is not hashed, so this changes neither the run folder nor the numbers' recipe.
+    if not any(o.split("=", 1)[0].strip() == "train.threads" for o in overrides):
+        overrides = [*overrides, f"train.threads={threads}"]
     pending, running, times = list(seeds), {}, {}
     try:
         while pending or running:
