@@ -175,3 +175,19 @@ def test_stereo_256_bands_and_baseline_match_float64_librosa(cfg):
     ref = librosa.power_to_db(mel, ref=1.0, amin=cfg.log_eps, top_db=None) if cfg.log == "db" else np.log(mel + cfg.log_eps)
     err_db = np.abs(ours - ref).max() * (1.0 if cfg.log == "db" else 20.0 / np.log(10.0))  # ln |X| -> dB
     assert ours.shape == ref.shape and err_db < (3.1e-5 if cfg is K256 else 8e-6), err_db
+
+
+def test_float16_storage_has_numpys_bits():
+    from dcase_effdl.features.cache import _to_storage
+
+    rng = np.random.default_rng(6)
+    feats = (30 * rng.standard_normal((2, 16, 50))).astype(np.float32)
+    feats.flat[:6] = [65504.0, 65520.0, 1e6, -1e6, 3e-8, -6e-5]  # largest, rounds to inf, inf, -inf, subnormals
+    feats.flat[6:9] = [-36.04365, 0.0, -0.0]
+    with np.errstate(over="ignore"):
+        expected = feats.astype(np.float16)
+    stored = _to_storage(feats, K256)
+    assert stored.dtype == np.float16 and stored.shape == feats.shape
+    np.testing.assert_array_equal(stored.view(np.uint16), expected.view(np.uint16))
+    linear = dataclasses.replace(K256, log="none")
+    assert _to_storage(feats, linear).dtype == np.float32
