@@ -12,7 +12,10 @@ PSS (RSS counts a process's own pages and the file pages it maps, not the page c
 its reads). Prints KB per clip of the slope between N and 4N and the extrapolation to the TAU
 development sets (14,400 and 23,040 clips) of each, then the training throughput of packed,
 per-batch features against the whole split loaded in RAM, with 0, 1 and 2 loader workers (in this
-process, same model and seed).
+process, same model and seed), in `--rounds` alternating rounds (medians: the feeds share the CPU's
+noise). `--throughput-only` skips the memory runs.
+
+    python benchmarks/memory_scale.py --clips 40 --throughput-only --rounds 3
 """
 
 from __future__ import annotations
@@ -93,9 +96,13 @@ def peak_rss(cmd: list[str], env: dict) -> tuple[dict, float]:
 FEEDS = (("in RAM", 0), ("packed", 0), ("packed", 1), ("packed", 2), ("in RAM", 1))  # (source, loader_workers)
 
 
-def throughput(recipe_path: str, overrides: list[str], data: Path, epochs: int = 3) -> dict:
-    """Training clips/s of the mini-batch loop per (source, loader_workers) of FEEDS: packed per-batch features
-    or the same split in RAM; epochs 2.. only (the first starts the workers)."""
+def throughput(recipe_path: str, overrides: list[str], data: Path, epochs: int = 3, rounds: int = 1) -> dict:
+    """(training clips/s, share of the loop's time spent waiting for batches) of the mini-batch loop per
+    (source, loader_workers) of FEEDS: packed per-batch features or the same split in RAM; epochs 2.. only
+    (the first starts the workers); medians of `rounds` rounds, each running every feed once. The wait
+    share does not depend on how busy the CPU is the way clips/s does."""
+    import statistics
+
     import torch
 
     from dcase_effdl.config import load_recipe
@@ -108,14 +115,17 @@ def throughput(recipe_path: str, overrides: list[str], data: Path, epochs: int =
     torch.set_num_threads(recipe.train.threads)
     packed = replace(bundle, x_val=bundle.x_val[:0])  # no validation: only the mini-batch loop is compared
     sources = {"packed": packed, "in RAM": replace(packed, x_train=bundle.x_train[:])}  # the whole split as one float32 tensor
-    rates = {}
-    for source, workers in FEEDS:
-        torch.manual_seed(recipe.seed)
-        model = spec.build()
-        cfg = replace(recipe.train, loader_workers=workers)
-        rows = fit(model, sources[source], cfg, seed=recipe.seed, tune=FineTune(epochs=epochs), desc="throughput").epochs[1:]
-        rates[source, workers] = len(bundle.x_train) * len(rows) / sum(r["train_seconds"] for r in rows)
-    return rates
+    rates = {feed: [] for feed in FEEDS}
+    for _ in range(rounds):
+        for source, workers in FEEDS:
+            torch.manual_seed(recipe.seed)
+            model = spec.build()
+            cfg = replace(recipe.train, loader_workers=workers)
+            rows = fit(model, sources[source], cfg, seed=recipe.seed, tune=FineTune(epochs=epochs), desc="throughput").epochs[1:]
+            seconds = sum(r["train_seconds"] for r in rows)
+            rates[source, workers].append((len(bundle.x_train) * len(rows) / seconds,
+                                           sum(r["data_seconds"] for r in rows) / seconds))
+    return {feed: tuple(statistics.median(v) for v in zip(*r)) for feed, r in rates.items()}
 
 
 def main() -> None:
@@ -124,6 +134,8 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--definitions", nargs="+", default=["dcase2020_baseline", "koutini_256mel_22k_stereo"])
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of the throughput comparison")
+    parser.add_argument("--throughput-only", action="store_true", help="skip the peak-RSS runs")
     args = parser.parse_args()
 
     from dcase_effdl.config import load_recipe
@@ -140,18 +152,18 @@ def main() -> None:
     sizes = (args.clips, 4 * args.clips)
     try:
         roots = {}
-        for n in sizes:
+        for n in sizes if not args.throughput_only else sizes[1:]:
             roots[n] = make_dataset(work / f"data{n}", clips_per_class=max(1, round(n / 3)), seed=0, channels=2)
         rows, rates = [], {}
         for name in args.definitions:
             common = [f"features={name}", "train.epochs=1", f"train.threads={args.threads}",
                       f"cache_dir={work / 'cache'}", "train.device=cpu", *MODEL_SETTINGS.get(name, [])]
             _, feat = load_recipe(recipe_path, common)
-            for n in sizes:
+            for n in sizes if not args.throughput_only else sizes[1:]:
                 ds = load_dataset(roots[n])
                 extract_features(roots[n], [c.filename for c in ds.clips], feat, work / "cache", progress=False)
                 n_clips = len(ds.clips)
-                for ranks in args.ranks:
+                for ranks in args.ranks if not args.throughput_only else ():
                     prefix = [torchrun, "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else [sys.executable]
                     cmd = [*prefix, "-m", "dcase_effdl", "run", recipe_path, "--data", str(roots[n]),
                            "--out", str(work / f"run-{name}-{n}-{ranks}"), *[a for s in common for a in ("--set", s)]]
@@ -160,10 +172,11 @@ def main() -> None:
                     print(f"{name:28s} {ranks} rank(s) {n_clips:5d} clips: peak RSS {peak['process'] / MB:7.1f} MB "
                           f"per process, {peak['sum'] / MB:7.1f} MB summed, PSS {peak['pss'] / MB:7.1f} MB summed "
                           f"({seconds:.0f} s)", flush=True)
-            rates[name] = throughput(recipe_path, common, roots[sizes[1]])
-        print(f"\n{'definition':28s} {'procs':>5} {'measure':>18} {'N':>9} {'4N':>9} {'slope':>13} "
-              + " ".join(f"{f'@{t:,}':>9}" for t in TARGETS))
-        for name in args.definitions:
+            rates[name] = throughput(recipe_path, common, roots[sizes[1]], rounds=args.rounds)
+        if rows:
+            print(f"\n{'definition':28s} {'procs':>5} {'measure':>18} {'N':>9} {'4N':>9} {'slope':>13} "
+                  + " ".join(f"{f'@{t:,}':>9}" for t in TARGETS))
+        for name in args.definitions if rows else ():
             for ranks in args.ranks:
                 (n0, r0), (n1, r1) = [(r[2], r[3]) for r in rows if r[0] == name and r[1] == ranks]
                 for measure, label in (("process", "RSS, one process"), ("sum", "RSS, sum"), ("pss", "PSS, sum")):
@@ -172,11 +185,12 @@ def main() -> None:
                     print(f"{name:28s} {ranks:5d} {label:>18} {r0[measure] / MB:7.0f}MB {r1[measure] / MB:7.0f}MB "
                           f"{slope / 1024:6.1f} KB/clip {fits}")
         print(f"\ntraining throughput, epochs 2-3 on {sizes[1]} generated clips' training fold ({args.threads} thread(s); "
-              f"ratio: against in RAM, read in the loop):")
+              f"ratio: against in RAM, read in the loop; median of {args.rounds} round(s)):")
         for name, by_feed in rates.items():
-            base = by_feed["in RAM", 0]
-            for (source, workers), rate in by_feed.items():
-                print(f"  {name:28s} {source:7s} loader_workers={workers}: {rate:7.1f} clips/s (ratio {rate / base:.2f})")
+            base = by_feed["in RAM", 0][0]
+            for (source, workers), (rate, waiting) in by_feed.items():
+                print(f"  {name:28s} {source:7s} loader_workers={workers}: {rate:7.1f} clips/s (ratio {rate / base:.2f}), "
+                      f"{100 * waiting:4.1f} % of the loop waiting for batches")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

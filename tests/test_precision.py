@@ -11,20 +11,12 @@ from dcase_effdl.errors import UserError
 from dcase_effdl.machine import physical_cores, training_threads
 from dcase_effdl.training import precision
 from dcase_effdl.training.loop import fit
-from train_helpers import tiny_bundle, tiny_model
+from train_helpers import tiny_bundle, tiny_model, one_thread  # noqa: F401 (autouse)
 
 CPU = torch.device("cpu")
 # /proc/cpuinfo flags as machine.cpu() filters them: a Sapphire Rapids (AMX) and an AVX2-only CPU.
 AMX_FLAGS = "amx_bf16 amx_int8 amx_tile avx2 avx512_bf16 avx512_vnni avx512bw avx512f avx_vnni"
 AVX2_FLAGS = "avx2"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_auto_is_bf16_only_with_native_bf16_flags():

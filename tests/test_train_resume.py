@@ -23,18 +23,9 @@ from dcase_effdl.config import TrainConfig
 from dcase_effdl.errors import UserError
 from dcase_effdl.training.loop import FineTune, fit, predict
 from dcase_effdl.training.options import check_crop, check_options
-from train_helpers import SHAPE, all_techniques, tiny_bundle, tiny_model
+from train_helpers import SHAPE, all_techniques, tiny_bundle, tiny_model, one_thread  # noqa: F401 (autouse)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def numbers(history):

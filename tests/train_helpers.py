@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dcase_effdl.config import SpecAugmentConfig, SWAConfig, TrainConfig
@@ -49,3 +50,13 @@ def all_techniques(**overrides) -> TrainConfig:
     )  # fmt: skip
     cfg.update(overrides)
     return TrainConfig(**cfg)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is faster, and far faster when other jobs share the cores.
+    Autouse in every test module that imports it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -90,6 +90,50 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def shard(n: int, ctx: Context) -> slice:
+    """This rank's contiguous part of `n` rows (the first ranks take one more when `n` does not divide)."""
+    per, extra = divmod(n, ctx.world_size)
+    start = ctx.rank * per + min(ctx.rank, extra)
+    return slice(start, start + per + (ctx.rank < extra))
+
+
+def gather_rows(part: torch.Tensor, n: int, ctx: Context) -> torch.Tensor:
+    """Every rank's `shard(n)` rows of a (rows, ...) CPU tensor, concatenated in rank order, on every rank."""
+    if not ctx.active:
+        return part
+    sizes = [len(range(n)[shard(n, Context(r, ctx.world_size))]) for r in range(ctx.world_size)]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else part.device
+    padded = torch.zeros((sizes[0], *part.shape[1:]), dtype=part.dtype, device=device)  # all_gather: equal shapes
+    padded[: len(part)] = part
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:size] for p, size in zip(parts, sizes)]).cpu()
+
+
+def broadcast_buffers(model: torch.nn.Module, ctx: Context) -> None:
+    """Rank 0's buffers (batch-norm running statistics, per rank on CPU) on every rank, in place."""
+    if ctx.active:
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, 0)
+
+
+def merge_batchnorm(model: torch.nn.Module, ctx: Context) -> None:
+    """After each rank re-estimated batch-norm statistics on its own batches (cumulative averages, momentum
+    None): the average over all ranks' batches, weighted by how many each saw, on every rank. Equal to one
+    process reading every batch, up to float rounding."""
+    if not ctx.active:
+        return
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats):
+        n = bn.num_batches_tracked.to(torch.float64).reshape(1)
+        sums = torch.cat([bn.running_mean.double() * n, bn.running_var.double() * n, n])
+        dist.all_reduce(sums)
+        total = sums[-1].clamp(min=1)
+        c = bn.num_features
+        bn.running_mean.copy_(sums[:c] / total)
+        bn.running_var.copy_(sums[c : 2 * c] / total)
+        bn.num_batches_tracked.fill_(int(sums[-1]))
+
+
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """SyncBatchNorm layers (multi-GPU training) back to BatchNorm2d with the same state, in place."""
     if isinstance(module, torch.nn.SyncBatchNorm):

@@ -116,14 +116,16 @@ def predict_rows(x) -> int:
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int | None = None, rows: slice | None = None) -> torch.Tensor:
     """Logits (N, n_classes) as float32 on the CPU, computed in eval mode on the model's device, in batches
-    of `batch_size` rows (None: `predict_rows(x)`), each read from `x` only when it is reached."""
+    of `batch_size` rows (None: `predict_rows(x)`), each read from `x` only when it is reached; only the
+    `rows` of `x` when given."""
     model.eval()
     params = next(model.parameters(), None)
     device = params.device if params is not None else torch.device("cpu")
     batch_size = batch_size or predict_rows(x)
-    out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    start, stop, _ = (rows or slice(None)).indices(len(x))
+    out = [model(x[i : min(i + batch_size, stop)].to(device)).float().cpu() for i in range(start, stop, batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -133,10 +135,20 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int | None = No
 
 
 def validate(model: torch.nn.Module, bundle: DataBundle, batch_size: int | None = None) -> tuple[float, float]:
-    """(macro accuracy %, log loss) on the validation split (NaN without one), `batch_size` rows at a time."""
-    if len(bundle.x_val) == 0:
+    """(macro accuracy %, log loss) on the validation split (NaN without one), `batch_size` rows at a time.
+
+    Under torchrun each rank predicts its shard of the split with rank 0's batch-norm statistics and
+    every rank gets the whole split's numbers, so all ranks choose the same best epoch.
+    """
+    n = len(bundle.x_val)
+    if n == 0:
         return float("nan"), float("nan")
-    m = compute_metrics(bundle.y_val.numpy(), predict(model, bundle.x_val, batch_size), bundle.classes)
+    ctx = distributed.current()
+    distributed.broadcast_buffers(model, ctx)
+    logits = predict_logits(model, bundle.x_val, batch_size, distributed.shard(n, ctx))
+    logits = distributed.gather_rows(logits.reshape(-1, bundle.n_classes), n, ctx)
+    probs = torch.softmax(logits, dim=1).double().numpy()
+    m = compute_metrics(bundle.y_val.numpy(), probs, bundle.classes)
     return m["accuracy"], m["log_loss"]
 
 
@@ -256,7 +268,10 @@ def fit(model: torch.nn.Module, bundle: DataBundle, cfg: TrainConfig, *, seed: i
 
     if swa is not None and swa.n_averaged > 0:
         # The averaged weights need batch-norm statistics of their own: one pass over the training set.
-        swa.finish(model, (bundle.x_train[i] for i in sampling.shuffled_batches(len(bundle.x_train), cfg.batch_size, seed, 0)))
+        # Under torchrun each rank reads every world_size-th batch and the statistics are merged.
+        batches = sampling.shuffled_batches(len(bundle.x_train), cfg.batch_size, seed, 0)[ctx.rank :: ctx.world_size]
+        swa.finish(model, (bundle.x_train[i] for i in batches))
+        distributed.merge_batchnorm(model, ctx)
         val_accuracy, val_loss = validate(model, bundle, cfg.batch_size)
         history.swa = {"n_averaged": swa.n_averaged, "val_accuracy": val_accuracy, "val_loss": val_loss}
         history.best_epoch = epochs
