@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import threading
 from contextlib import contextmanager
 from typing import Any
@@ -282,7 +281,8 @@ _LOCAL = threading.local()
 
 def _scratch(cfg: FeatureConfig, rows: int, samples: int, dtype: torch.dtype, device: torch.device) -> dict:
     """This thread's buffers for clips of (rows, samples): padded audio, windowed frames, |X|**2, |X|**power,
-    mel energies. Each thread keeps those of its latest clip shape (13 MB for a 256-band stereo clip)."""
+    mel energies. Each thread keeps those of its latest clip shape (13 MB for a 256-band stereo clip, 3.5 MB
+    more once it recomputes bands in float64)."""
     key = (_frontend_key(cfg), cfg.hop_length, cfg.center, cfg.power, rows, samples, dtype, str(device))
     held = getattr(_LOCAL, "scratch", None)
     if held is None or held[0] != key:
