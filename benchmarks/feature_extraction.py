@@ -264,8 +264,11 @@ def run_package(package_root: Path, definition: Path, root: Path, names: list[st
     names_file = cache.parent / f"{cache.name}.names"
     names_file.write_text("\n".join(names))
     env = dict(os.environ, PYTHONPATH=str(package_root))
+    # cwd too: `python -c` puts the working directory first on sys.path, so run from this repository
+    # it imported this repository's package whatever PYTHONPATH said (--old timed the current code).
     out = subprocess.run([sys.executable, "-c", _TIMED_EXTRACTION, str(definition), str(root), str(names_file),
-                          str(cache), str(workers)], env=env, capture_output=True, text=True, check=False)
+                          str(cache), str(workers)], env=env, cwd=str(package_root), capture_output=True, text=True,
+                         check=False)
     if out.returncode != 0:
         raise SystemExit(f"extraction with {package_root} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
