@@ -4,6 +4,7 @@
     python benchmarks/int8_latency.py --compile            # also torch.compile'd float32 (slow to build)
     python benchmarks/int8_latency.py --recipe recipes/hu_fast.yaml --batches 1 64 --threads 2 1 --repeats 20
     python benchmarks/int8_latency.py --model dcase2020_baseline --input 1 40 500   # a model family's defaults
+    python benchmarks/int8_latency.py --layers             # also each int8 layer's time, per thread count
 
 Rows, all on the same model and inputs: float32 eager as trained; float32 made fair (batch norm
 folded into the convolutions, channels-last, inference mode; with --compile also inductor-compiled
@@ -77,6 +78,25 @@ def time_rounds(fns: dict, x: torch.Tensor, repeats: int, warmup: int) -> dict[s
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
+def layer_times(module: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each int8 layer's call (hooks around it) over `repeats` forward passes."""
+    from dcase_effdl.compress.int8_kernels import _Int8Layer
+
+    names = {m: name for name, m in module.named_modules() if isinstance(m, _Int8Layer)}
+    starts, times = {}, {name: [] for name in names.values()}
+    hooks = [m.register_forward_pre_hook(lambda m, a: starts.__setitem__(m, time.perf_counter())) for m in names]
+    hooks += [m.register_forward_hook(lambda m, a, o: times[names[m]].append(time.perf_counter() - starts[m]))
+              for m in names]
+    try:
+        with torch.inference_mode():
+            for _ in range(repeats + 1):  # the first pass warms up
+                module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: 1000 * statistics.median(t[1:]) for name, t in times.items()}
+
+
 def model_and_step(args) -> tuple[ModelSpec, Int8Config, str]:
     """(model spec, int8 step, what was measured in words) from --recipe/--variant or --model/--input."""
     if args.model:
@@ -139,6 +159,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd float32")
     parser.add_argument("--float16", action="store_true", help="also time computing in float16 (eager)")
+    parser.add_argument("--layers", action="store_true", help="also time each int8 layer (median of --repeats passes)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -194,11 +215,15 @@ def main() -> None:
             else:
                 agree_t = agree
             ms = time_rounds(row_fns, x, args.repeats, args.warmup)
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             print(f"batch {batch}, {threads} thread{'s' if threads > 1 else ''} (median of {args.repeats} alternating "
-                  f"rounds; {agree_t}):")
+                  f"rounds, load average {load:.2f} on {os.cpu_count()} CPUs; {agree_t}):")
             for name, value in ms.items():
                 ratio = "" if name == INT8 else f"   project int8 speed-up x{value / ms[INT8]:.2f}"
                 print(f"  {name:<46} {value:9.2f} ms/batch{ratio}")
+            if args.layers:
+                per_layer = layer_times(int8, x, args.repeats)
+                print("  int8 layers (ms/batch): " + ", ".join(f"{name} {ms:.2f}" for name, ms in per_layer.items()))
             if ORT32 in ms:
                 ratios[batch, threads] = ms[ORT32] / ms[INT8]
 

@@ -216,14 +216,13 @@ def test_code_max_pool_equals_float_pooling_on_codes():
     assert not K.CodeMaxPool2d.handles(nn.MaxPool2d(2, padding=1))
 
 
-def test_first_layer_row_unfolding_is_exact():
-    """A 1-channel conv runs as a (k_h channels) x (1 x k_w) conv: the same integer sums."""
+def test_few_channel_convs_are_exact():
+    """A 1- or 2-channel conv (a first layer), strided too: the kernel's integer sums."""
     torch.manual_seed(0)
     for conv in (nn.Conv2d(1, 8, 7, padding=3), nn.Conv2d(2, 4, (3, 5), stride=(2, 1), padding=(1, 2))):
         q = K.Int8Conv2d.like(conv, per_channel=True, act_qmax=127, relu=False)
         codes, scale = K.weight_qparams(conv.weight, True)
         q.set_quantized(codes, scale, conv.bias, 0.04, 50)
-        assert q.unfold_rows
         x = torch.randn(3, conv.in_channels, 17, 29)
         got, want = q(x), K.reference_forward(q, x)
         assert got.shape == want.shape

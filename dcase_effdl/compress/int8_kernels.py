@@ -12,16 +12,23 @@ tensor; zero point 0), adds the float32 bias, optionally applies a fused ReLU an
 A layer whose output reaches the next int8 layer only through dropout or flatten (`uint8_out`)
 instead requantizes in the kernel to the next layer's input scale and returns uint8 codes, which
 the next layer takes as they are (no float round trip). A conv with uint8 output whose codes go
-straight into a max-pool (`pool`) pools them itself, a few examples at a time, while the codes are
-still in cache; the pool module then passes them on (`CodeMaxPool2d(fused=True)`).
+straight into a max-pool (`pool`) pools them itself, a tile (a few examples, or rows of one) at a
+time, while the codes are still in cache; the pool module then passes them on
+(`CodeMaxPool2d(fused=True)`). With several intra-op threads, threads take whole tiles (quantize,
+conv, pool) on one intra-op thread each, and a small layer call runs on the calling thread alone:
+per-call parallelism woke the other, sleeping, thread for every op and ran slower than one thread.
 Without VNNI (AVX2) the kernel adds pairs of u8 x s8 products in int16, which can saturate: with
 `act_qmax=127` ("reduce range", PyTorch's own default for x86) activations use 7 bits and it cannot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
+import queue
+import threading
 
 import torch
 import torch.nn as nn
@@ -35,6 +42,139 @@ WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127]
 # 116 / 136 / 152 ms in chunks of 8 / 4 / 16 examples (1 thread, shared machine): the conv writes its
 # output at memory speed and the pool reads it back, unless both fit in the caches.
 POOL_CHUNK_BYTES = 4 << 20
+# A layer call with fewer multiply-adds runs on the calling thread alone: waking another thread, and
+# waiting for its last tile when it is preempted, costs more than it saves. 2^29 is ~4 ms of conv on
+# one thread here. Shared 2-core machine (other sessions' jobs, load 4-5), 2 threads, tiles split over
+# both / all on one: the recipes/int8.yaml network at batch 1 (second conv 320 M) 6.7 / 2.3 ms; the
+# 2020 baseline at batch 16 (convs 0.5 G, 1.3 G) 19 / 16 ms, at batch 64 75 / 71 ms: with the other
+# sessions busy, this session's threads shared about one core between them (see run_tiles).
+PARALLEL_MACS = 1 << 29
+
+
+def pool_tiles(batch: int, rows: int, example_bytes: int, threads: int) -> list[tuple[int, int, int, int]]:
+    """(b0, b1, p0, p1) tiles of a conv that pools its codes: examples b0..b1, pooled rows p0..p1.
+
+    Chunks of examples whose conv output fits POOL_CHUNK_BYTES (`example_bytes` each), as many
+    chunks as a multiple of `threads` and of even size, so the threads get equal shares; fewer
+    examples than threads: each example's pooled rows are split instead.
+    """
+    if batch >= threads or rows == 1:
+        n = math.ceil(batch / max(1, POOL_CHUNK_BYTES // example_bytes))
+        n = min(batch, math.ceil(n / threads) * threads)
+        bounds = [round(i * batch / n) for i in range(n + 1)]
+        return [(b0, b1, 0, rows) for b0, b1 in zip(bounds, bounds[1:])]
+    parts = min(rows, math.ceil(threads / batch))
+    bounds = [round(i * rows / parts) for i in range(parts + 1)]
+    return [(b, b + 1, p0, p1) for b in range(batch) for p0, p1 in zip(bounds, bounds[1:])]
+
+
+class _Share:
+    """The tiles of one layer call, taken one at a time by the caller and the workers that get to it."""
+
+    def __init__(self, fn, tiles: list):
+        self.fn, self.tiles, self.inference = fn, tiles, torch.is_inference_mode_enabled()
+        self.taken = self.left = 0
+        self.lock, self.done, self.error = threading.Lock(), threading.Event(), None
+
+    def work(self) -> None:
+        while True:
+            with self.lock:
+                if self.taken == len(self.tiles):
+                    return
+                tile, self.taken = self.tiles[self.taken], self.taken + 1
+            try:
+                if self.error is None:
+                    self.fn(tile)
+            except BaseException as exc:  # raised by the caller
+                self.error = exc
+            with self.lock:
+                self.left += 1
+                if self.left == len(self.tiles):
+                    self.done.set()
+
+
+class _Workers:
+    """`n` threads that each run torch ops on one intra-op thread, helping the caller with its tiles."""
+
+    def __init__(self, n: int):
+        self.n, self.pid, self._shares = n, os.getpid(), queue.SimpleQueue()
+        caller, ready = torch.get_num_threads(), threading.Barrier(n + 1)
+        for _ in range(n):
+            threading.Thread(target=self._work, args=(ready,), daemon=True, name="int8-tiles").start()
+        ready.wait()
+        # A thread's set_num_threads also sets the count later new threads start with: put it back.
+        torch.set_num_threads(caller)
+
+    def _work(self, ready: threading.Barrier) -> None:
+        # get first: a thread's first use of torch sets its count to the global one, which the
+        # caller puts back to its own once every worker is ready.
+        torch.get_num_threads()
+        torch.set_num_threads(1)
+        ready.wait()
+        while True:
+            share = self._shares.get()
+            # Grad and inference modes are per thread: the caller's (its outputs may be inference tensors).
+            with torch.inference_mode(share.inference), torch.no_grad():
+                share.work()
+
+    def run(self, fn, tiles: list) -> None:
+        """fn(tile) for each tile, the caller taking tiles too: a worker that is slow to wake up (the
+        cores busy) leaves it more, down to all of them, instead of making it wait."""
+        share = _Share(fn, tiles)
+        for _ in range(self.n):
+            self._shares.put(share)
+        with one_thread():
+            share.work()
+        share.done.wait()
+        if share.error is not None:
+            raise share.error
+
+
+_WORKERS: dict[int, _Workers] = {}
+
+
+def layer_threads(macs: int) -> int:
+    """Threads for a layer call of `macs` multiply-adds: torch's intra-op count, or 1 for a small call
+    (below PARALLEL_MACS), under a dispatch mode or a trace (they watch the calling thread only, and
+    would miss what other threads compute)."""
+    if macs < PARALLEL_MACS or torch._C._len_torch_dispatch_stack() or torch.jit.is_tracing():
+        return 1
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch and oneDNN on the calling thread alone inside the block (0.5 us to set and reset)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_tiles(fn, tiles: list, threads: int) -> None:
+    """fn(tile) for each tile: on the calling thread, or (threads > 1) on it and `threads - 1` more
+    threads, each running torch on one intra-op thread.
+
+    Threads that each take whole tiles instead of oneDNN and torch parallelizing every call: on this
+    2-core machine the int8 model at batch 64 took 202 ms with 2 threads against 158 ms with 1 (each
+    of the ~100 small parallel calls a batch wakes the other thread, which OMP_WAIT_POLICY=PASSIVE
+    puts to sleep in between). Linux groups a session's processes (sched_autogroup): `nice` does not
+    lower a job against another session's, and 2 sessions' busy jobs leave this one about one core;
+    a conv tile of the baseline (5 examples) then took 2 ms alone and 10 ms beside the other thread's.
+    """
+    if threads == 1 or len(tiles) == 1:
+        for tile in tiles:
+            fn(tile)
+        return
+    workers = _WORKERS.get(threads)
+    if workers is None or workers.pid != os.getpid():  # threads do not survive a fork
+        workers = _WORKERS[threads] = _Workers(threads - 1)
+    workers.run(fn, tiles)
 
 
 def check_kernels() -> None:
@@ -121,7 +261,7 @@ class _Int8Layer(nn.Module):
         self.act_qmax = act_qmax
         self.relu = relu
         self.uint8_out = uint8_out
-        self._packed = self._packed_for = None
+        self._packed = None
         self._register_load_state_dict_pre_hook(self._forget_packed)
 
     def _forget_packed(self, *args, **kwargs) -> None:
@@ -203,70 +343,63 @@ class Int8Conv2d(_Int8Layer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None:  # Python scalars, cached with the packed weights until the tensors change
-            self._args = self._qparams(), self._post_op()
+            self._args, self._packed = (self._qparams(), self._post_op()), {}
+        h_out, w_out = self.output_hw(*x.shape[2:])
+        threads = layer_threads(self.count_macs([x], None))
+        if self.pool is None:
+            with one_thread() if threads == 1 else contextlib.nullcontext():
+                return self._conv(*self._kernel_input(x, 0, len(x), 0, h_out))
+        kh, kw = self.pool
+        ho, wo = h_out // kh, w_out // kw
+        tiles = pool_tiles(len(x), ho, self.out_channels * h_out * w_out, threads)
+        out = torch.empty((len(x), self.out_channels, ho, wo), dtype=torch.uint8, memory_format=torch.channels_last)
+
+        def tile(t: tuple[int, int, int, int]) -> None:
+            b0, b1, p0, p1 = t  # examples b0..b1, pooled rows p0..p1
+            codes = self._conv(*self._kernel_input(x, b0, b1, p0 * kh, p1 * kh))
+            out[b0:b1, :, p0:p1] = max_pool_codes(codes, kh, kw)
+
+        with one_thread() if threads == 1 else contextlib.nullcontext():
+            run_tiles(tile, tiles, threads)
+        return out
+
+    def _conv(self, qx: torch.Tensor, row_pad: int) -> torch.Tensor:
+        """The integer kernel on codes from `_kernel_input`, weights packed for their shape."""
         (x_scale, x_zp, w_scale, w_zp), (o_scale, o_zp, o_dtype, post_op, scalars) = self._args
-        qx = self._quantized_input(x, x_scale, x_zp)
-        if self.unfold_rows:
-            qx = self._unfold_rows(qx, x_zp)
-        else:
-            qx = qx.contiguous(memory_format=torch.channels_last)
-        if self._packed is None or self._packed_for != qx.shape[1:]:
+        padding = [row_pad, self.padding[1]]
+        shape = (*qx.shape[1:], row_pad)
+        packed = self._packed.get(shape)
+        if packed is None:
             # Packed for this input's channels, height and width: without them oneDNN picks a weight
             # layout its AMX kernel does not take and reorders the weights on every call (any batch
-            # size shares one layout).
-            weight, stride, padding, dilation = self._geometry()
-            self._packed = torch.ops.onednn.qconv_prepack(
-                weight, w_scale, x_scale, x_zp, stride, padding, dilation, self.groups, [1, *qx.shape[1:]])
-            self._packed_for = qx.shape[1:]
-        _, stride, padding, dilation = self._geometry(weights=False)
+            # size shares one layout). A few shapes at most: the whole input and its row tiles.
+            packed = self._packed[shape] = torch.ops.onednn.qconv_prepack(
+                self.weight, w_scale, x_scale, x_zp, self.stride, padding, self.dilation, self.groups, [1, *qx.shape[1:]])
+        return torch.ops.onednn.qconv2d_pointwise(
+            qx, x_scale, x_zp, packed, w_scale, w_zp, self.bias, self.stride, padding, self.dilation,
+            self.groups, o_scale, o_zp, o_dtype, post_op, scalars, "")
 
-        def conv(inp: torch.Tensor) -> torch.Tensor:
-            return torch.ops.onednn.qconv2d_pointwise(
-                inp, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, stride, padding, dilation,
-                self.groups, o_scale, o_zp, o_dtype, post_op, scalars, "")
+    def _kernel_input(self, x: torch.Tensor, b0: int, b1: int, r0: int, r1: int) -> tuple[torch.Tensor, int]:
+        """(uint8 codes of examples b0..b1 that output rows r0..r1 read, channels-last; rows the kernel pads).
 
-        if self.pool is None:
-            return conv(qx)
-        h_out, w_out = self.output_hw(*x.shape[2:])
-        n = max(1, POOL_CHUNK_BYTES // (self.out_channels * h_out * w_out))
-        if n >= len(qx):
-            return max_pool_codes(conv(qx), *self.pool)
-        return torch.cat([max_pool_codes(conv(qx[i : i + n]), *self.pool) for i in range(0, len(qx), n)])
+        Rows outside the input are padded with the zero point (real zeros, as the kernel pads), here
+        where the kernel cannot: not the same number above and below (a tile of the rows).
+        """
+        x_scale, x_zp = self._args[0][:2]
+        kh, sh, ph, dh = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
+        h = x.shape[2]
+        lo, hi = r0 * sh - ph, (r1 - 1) * sh + dh * (kh - 1) + 1 - ph  # input rows read, before padding
+        qx = self._quantized_input(x[b0:b1, :, max(lo, 0) : min(hi, h)], x_scale, x_zp)
+        if -lo == hi - h >= 0:
+            return qx.contiguous(memory_format=torch.channels_last), -lo
+        if lo < 0 or hi > h:
+            qx = F.pad(qx, (0, 0, max(-lo, 0), max(hi - h, 0)), value=x_zp)
+        return qx.contiguous(memory_format=torch.channels_last), 0
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
         """Height and width of the convolution's output (before any pooling) for an h x w input."""
         return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
                      for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
-
-    @property
-    def unfold_rows(self) -> bool:
-        """Few input channels (e.g. a first layer on one log-mel channel): oneDNN's int8 convolution
-        reduces over channels in groups of 4 and runs slower than float32 here, so the kernel rows
-        become channels (C_in x k_h of them, stride 1 over them) and the kernel 1 x k_w: same sums."""
-        return self.in_channels < 4 and self.groups == 1 and self.dilation[0] == 1
-
-    def _geometry(self, weights: bool = True):
-        """(weight, stride, padding, dilation) the kernel sees (row-unfolded: a 1 x k_w kernel)."""
-        if not self.unfold_rows:
-            return self.weight if weights else None, self.stride, self.padding, self.dilation
-        weight = self._row_weight() if weights else None
-        return weight, [1, self.stride[1]], [0, self.padding[1]], [1, self.dilation[1]]
-
-    def _unfold_rows(self, qx: torch.Tensor, x_zp: int) -> torch.Tensor:
-        """uint8 codes (B, C, H, W) -> (B, C * k_h, H_out, W) channels-last, channel c * k_h + i = row offset i."""
-        kh, sh, ph = self.kernel_size[0], self.stride[0], self.padding[0]
-        if ph:  # pad with the zero point: real zeros, as the kernel pads the other axis
-            qx = F.pad(qx, (0, 0, ph, ph), value=x_zp)
-        h_out = (qx.shape[2] - kh) // sh + 1
-        end = sh * (h_out - 1) + 1
-        # Stacked along a last axis and viewed as NCHW: channels-last in one copy (unfold, reshape and
-        # a channels-last copy took 25 ms against 19 ms at batch 64 on 1 x 40 x 500 inputs).
-        rows = [qx[:, c, i : i + end : sh] for c in range(qx.shape[1]) for i in range(kh)]
-        return torch.stack(rows, dim=-1).permute(0, 3, 1, 2)
-
-    def _row_weight(self) -> torch.Tensor:
-        c_out, c_in, kh, kw = self.weight.shape
-        return self.weight.reshape(c_out, c_in * kh, 1, kw)
 
     def count_macs(self, inputs, output) -> int:
         n_out = len(inputs[0]) * self.out_channels * math.prod(self.output_hw(*inputs[0].shape[2:]))
@@ -297,9 +430,10 @@ class Int8Linear(_Int8Layer):
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
         (x_scale, x_zp, w_scale, w_zp), (o_scale, o_zp, o_dtype, post_op, scalars) = self._args
         lead = x.shape[:-1]
-        qx = self._quantized_input(x.reshape(-1, self.in_features), x_scale, x_zp).contiguous()
-        out = torch.ops.onednn.qlinear_pointwise(
-            qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, o_scale, o_zp, o_dtype, post_op, scalars, "")
+        with one_thread() if layer_threads(x.numel() * self.out_features) == 1 else contextlib.nullcontext():
+            qx = self._quantized_input(x.reshape(-1, self.in_features), x_scale, x_zp).contiguous()
+            out = torch.ops.onednn.qlinear_pointwise(
+                qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, o_scale, o_zp, o_dtype, post_op, scalars, "")
         return out.reshape(*lead, self.out_features)
 
     def count_macs(self, inputs, output) -> int:
