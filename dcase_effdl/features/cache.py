@@ -68,6 +68,13 @@ MAX_CHUNK = 16
 
 # 64 bits for the source path (two datasets' paths must not collide), 32 for its version.
 _ENTRY = re.compile(r"^(?P<filename>.+)\.(?P<source>[0-9a-f]{16})\.(?P<version>[0-9a-f]{8})\.npy$")
+
+
+def entry_source(name: str) -> tuple[str, str] | None:
+    """(clip file name, source hash) of a per-clip entry's file name; None for a name the cache does not write."""
+    match = _ENTRY.match(name)
+    return (match["filename"], match["source"]) if match else None
+
 # A file is "wrong-rate" / "wrong-length" only against a clear majority: datasets of mixed rates or
 # lengths (e.g. variable-length clips cut to `duration`) have no wrong ones.
 MAJORITY_SHARE = 0.9
