@@ -14,7 +14,8 @@ stereo definition (features/koutini_256mel_22k_stereo.yaml: 48 -> 22.05 kHz), ti
    or dcase_util itself when it is importable; 256-band: librosa.load (soxr_hq), librosa.stft,
    |X|**2, mel basis, power_to_db.
 2. dcase_effdl: `features.cache.extract_features` into an empty cache with N worker threads, in a
-   fresh process (imports and the mel basis outside the timing; the header survey inside).
+   fresh process (imports, the mel basis and one clip outside the timing, as each reference process
+   computes its first clip before the start; the header survey inside).
 3. With `--old REV`: the same with the `dcase_effdl` package of git revision REV (N = all cores).
 
 4. bound: the physical floor on the same clips, in N one-thread processes like the reference:
@@ -24,9 +25,11 @@ stereo definition (features/koutini_256mel_22k_stereo.yaml: 48 -> 22.05 kHz), ti
    integer PCM itself).
 
 for N = 1 and N = os.cpu_count(). Rounds alternate which side goes first; medians over rounds count (the
-machine may be shared: the load average at start and end is printed). It prints the CPU model, its
-vector flags and torch's threads, checks that the project and the reference agree (max difference
-in dB) on computed and on stored features, and ends with one JSON line (`--json FILE` writes it too).
+machine may be shared: the load average of each round is printed, and the CPU seconds per clip of each
+side beside the wall-clock rates). It prints the CPU model, its vector flags and torch's threads,
+checks that the project and the reference agree (max difference in dB) on computed and on stored
+features, says whether issue 16's target is met (>= 2x like for like, or >= 80 % of the bound's
+rate), and ends with one JSON line (`--json FILE` writes it too).
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ ONE_THREAD_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBL
 # Clips the bound and the accuracy check are measured on (medians per clip are stable well before).
 N_PROBE = 20
 RES_TYPES = {"soxr_hq": "soxr_hq", "soxr_vhq": "soxr_vhq", "scipy": "polyphase"}  # FeatureConfig -> librosa
+# Issue 16's target: this ratio like for like (medians of wall-clock rates), or this share of the bound's rate.
+TARGET_RATIO, TARGET_OF_BOUND = 2.0, 0.8
 
 
 def make_clips(root: Path, n_clips: int, seed: int = 0) -> list[str]:
@@ -196,14 +201,16 @@ def _worker(kind: str, definition: str, paths: list[str], use_dcase_util: bool, 
     side = Reference(cfg, use_dcase_util) if kind == "reference" else Bound(cfg)
     side.features(Path(paths[0]))  # numba compilation and first-call costs outside the timing
     barrier.wait()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for path in paths:
         side.features(Path(path))
-    results.put(time.perf_counter() - start)
+    results.put((time.perf_counter() - start, time.process_time() - cpu))
 
 
-def run_processes(kind: str, definition: Path, root: Path, names: list[str], n_procs: int, use_dcase_util: bool) -> float:
-    """Wall seconds for `kind` ('reference' or 'bound') to do every clip in `n_procs` one-thread processes."""
+def run_processes(kind: str, definition: Path, root: Path, names: list[str], n_procs: int,
+                  use_dcase_util: bool) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of all processes) for `kind` ('reference' or 'bound') to do every clip in
+    `n_procs` one-thread processes."""
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(n_procs + 1), ctx.Queue()
     shares = [[str(root / n) for n in names[i::n_procs]] for i in range(n_procs)]
@@ -219,31 +226,34 @@ def run_processes(kind: str, definition: Path, root: Path, names: list[str], n_p
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     barrier.wait(timeout=600)
     start = time.perf_counter()
-    for _ in procs:
-        results.get(timeout=3600)
+    cpu = sum(results.get(timeout=3600)[1] for _ in procs)
     seconds = time.perf_counter() - start
     for proc in procs:
         proc.join()
         if proc.exitcode != 0:
             raise SystemExit(f"{kind} worker failed with exit code {proc.exitcode}")
-    return seconds
+    return seconds, cpu
 
 
 # Times extract_features in a fresh process: argv = definition yaml, root, names file, cache, workers.
-# Prints {seconds, threads, features: {filename: entry path}}.
+# Prints {seconds, cpu_seconds, threads, features: {filename: entry path}}. One clip is computed before
+# the timing, as each reference process computes its first clip before the common start (first-call
+# costs: the FFT plan, the mel blocks, this thread's buffers; the worker threads still start cold).
 _TIMED_EXTRACTION = """
 import json, sys, time
 from pathlib import Path
 from dcase_effdl.config import load_features
 from dcase_effdl.features.cache import extract_features
-from dcase_effdl.features.logmel import frontend_arrays
+from dcase_effdl.features.audio import load_audio
+from dcase_effdl.features.logmel import frontend_arrays, logmel
 cfg = load_features(sys.argv[1])
 root, names, cache, workers = Path(sys.argv[2]), Path(sys.argv[3]).read_text().split(), Path(sys.argv[4]), int(sys.argv[5])
 frontend_arrays(cfg)  # imports librosa and builds the mel basis before the timing, as the in-process run does
-start = time.perf_counter()
+logmel(load_audio(root / names[0], cfg), cfg)
+start, cpu = time.perf_counter(), time.process_time()
 store = extract_features(root, names, cfg, cache, workers=workers, on_bad_audio="stop", progress=False)
-seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "threads": store.n_workers,
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "threads": store.n_workers,
                   "entries": {n: str(store.entry_path(n)) for n in names}}))
 """
 
@@ -254,8 +264,11 @@ def run_package(package_root: Path, definition: Path, root: Path, names: list[st
     names_file = cache.parent / f"{cache.name}.names"
     names_file.write_text("\n".join(names))
     env = dict(os.environ, PYTHONPATH=str(package_root))
+    # cwd too: `python -c` puts the working directory first on sys.path, so run from this repository
+    # it imported this repository's package whatever PYTHONPATH said (--old timed the current code).
     out = subprocess.run([sys.executable, "-c", _TIMED_EXTRACTION, str(definition), str(root), str(names_file),
-                          str(cache), str(workers)], env=env, capture_output=True, text=True, check=False)
+                          str(cache), str(workers)], env=env, cwd=str(package_root), capture_output=True, text=True,
+                         check=False)
     if out.returncode != 0:
         raise SystemExit(f"extraction with {package_root} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -332,6 +345,7 @@ def bench_definition(name: str, root: Path, names: list[str], args, old_root, us
     print(f"\n{name}: {logmel.feature_shape(cfg)} per clip, {cfg.sample_rate} Hz {cfg.channels}, n_fft {cfg.n_fft}, "
           f"hop {cfg.hop_length}; {len(names)} clips; reference: {ref_label}")
     rates: dict[str, list[float]] = {}
+    cpu_ms: dict[str, list[float]] = {}  # CPU time per clip, all processes or threads of a side together
     bounds: list[dict] = []
     runs: dict[str, dict] = {}
     workdir = Path(args.workdir)
@@ -343,34 +357,48 @@ def bench_definition(name: str, root: Path, names: list[str], args, old_root, us
             for side, package in sides if r % 2 == 0 else sides[::-1]:  # alternate which goes first
                 if side in ("ref", "bound"):
                     kind = "reference" if side == "ref" else "bound"
-                    seconds = run_processes(kind, definition, root, names, n, use_dcase_util)
+                    seconds, cpu = run_processes(kind, definition, root, names, n, use_dcase_util)
                 else:
                     runs[side] = run_package(package, definition, root, names, workdir / f"cache-{side}", n)
-                    seconds = runs[side]["seconds"]
+                    seconds, cpu = runs[side]["seconds"], runs[side].get("cpu_seconds", math.nan)
                 rates.setdefault(f"{side}_{n}", []).append(len(names) / seconds)
+                cpu_ms.setdefault(f"{side}_{n}", []).append(1e3 * cpu / len(names))
             ratio = rates[f"new_{n}"][-1] / rates[f"ref_{n}"][-1]
+            cpu_ratio = cpu_ms[f"ref_{n}"][-1] / cpu_ms[f"new_{n}"][-1]
             line.append(f"N={n}: {ref_label} {rates[f'ref_{n}'][-1]:.1f}, dcase_effdl {rates[f'new_{n}'][-1]:.1f} clips/s "
-                        f"({ratio:.2f}x), bound {rates[f'bound_{n}'][-1]:.1f}"
+                        f"({ratio:.2f}x; CPU time {cpu_ratio:.2f}x), bound {rates[f'bound_{n}'][-1]:.1f}"
                         + (f", {args.old} {rates[f'old_{n}'][-1]:.1f}" if f"old_{n}" in rates else ""))
         bounds.append(measure_bound(root, names, cfg))
         b = bounds[-1]
-        print(f"  round {r + 1}: " + "; ".join(line) + f"; 1 thread per clip: decode {b['decode_soundfile']:.1f} ms "
-              f"(soundfile) / {b['decode_dcase_effdl']:.1f} ms (dcase_effdl), resample {b['resample']:.1f} ms, "
-              f"STFT {b['stft']:.1f} ms")
+        print(f"  round {r + 1} (load {os.getloadavg()[0]:.1f}): " + "; ".join(line) + f"; 1 thread per clip: decode "
+              f"{b['decode_soundfile']:.1f} ms (soundfile) / {b['decode_dcase_effdl']:.1f} ms (dcase_effdl), resample "
+              f"{b['resample']:.1f} ms, STFT {b['stft']:.1f} ms")
 
     med = {k: statistics.median(v) for k, v in rates.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu_ms.items()}
     bound = {k: statistics.median(b[k] for b in bounds) for k in bounds[0]}
     out = {f"{k}_clips_per_s": v for k, v in med.items()}
+    out.update({f"{k}_cpu_ms_per_clip": v for k, v in med_cpu.items()})
     out.update({f"bound_{k}_ms": v for k, v in bound.items()})
     for n in counts:
         out[f"like_for_like_{n}"] = med[f"new_{n}"] / med[f"ref_{n}"]
+        out[f"like_for_like_cpu_{n}"] = med_cpu[f"ref_{n}"] / med_cpu[f"new_{n}"]
         out[f"of_bound_{n}"] = med[f"new_{n}"] / med[f"bound_{n}"]
     print(f"  median of {args.rounds}: like for like " + ", ".join(
         f"N={n} {out[f'like_for_like_{n}']:.2f}x ({med[f'new_{n}']:.1f} vs {med[f'ref_{n}']:.1f} clips/s)" for n in counts))
+    # CPU seconds per clip do not count the time other jobs take the cores, so their ratio moves less on a
+    # shared machine than the wall-clock one (they still grow when other jobs share the caches).
+    print("  CPU time per clip (all processes or threads): " + ", ".join(
+        f"N={n} {med_cpu[f'ref_{n}']:.1f} ms vs {med_cpu[f'new_{n}']:.1f} ms ({out[f'like_for_like_cpu_{n}']:.2f}x)"
+        for n in counts))
     print("  bound (soundfile decode + resample + STFT alone, N one-thread processes): " + ", ".join(
         f"N={n} {med[f'bound_{n}']:.1f} clips/s, dcase_effdl at {100 * out[f'of_bound_{n}']:.0f} % of it" for n in counts)
         + f"; per clip: decode {bound['decode_soundfile']:.1f} + resample {bound['resample']:.1f} + STFT "
           f"{bound['stft']:.1f} ms")
+    for n in counts:
+        out[f"target_met_{n}"] = out[f"like_for_like_{n}"] >= TARGET_RATIO or out[f"of_bound_{n}"] >= TARGET_OF_BOUND
+    print("  target (issue 16: >= %.0fx like for like, or >= %.0f %% of the bound): " % (TARGET_RATIO, 100 * TARGET_OF_BOUND)
+          + ", ".join(f"N={n} {'met' if out[f'target_met_{n}'] else 'NOT met'}" for n in counts))
     if old_root:
         out["old_clips_per_s"] = med[f"old_{cores}"]
         out["same_stored_features_as_old"], _ = same_features(runs["new"]["entries"], runs["old"]["entries"])

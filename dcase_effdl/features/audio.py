@@ -174,8 +174,8 @@ def _wav_data_offset(path: Path) -> int | None:
 
 
 def _read_pcm(path: Path, f: sf.SoundFile, frames: int) -> np.ndarray | None:
-    """The first `frames` frames of an integer PCM WAV as float32 (frames, channels), bit for bit what
-    `f.read(frames, dtype='float32')` gives; None where libsndfile must read it (see NUMPY_PCM_SUBTYPES)."""
+    """The first `frames` frames of an integer PCM WAV as float32 (channels, frames), bit for bit what
+    `f.read(frames, dtype='float32').T` gives; None where libsndfile must read it (see NUMPY_PCM_SUBTYPES)."""
     width = NUMPY_PCM_SUBTYPES.get(f.subtype)
     if width is None or f.format not in ("WAV", "WAVEX") or f.endian not in ("FILE", "LITTLE"):
         return None
@@ -183,18 +183,20 @@ def _read_pcm(path: Path, f: sf.SoundFile, frames: int) -> np.ndarray | None:
     count = frames * f.channels
     if offset is None or offset + count * width > path.stat().st_size:
         return None
+    # Converted straight into (channels, frames): the transposing copy is part of the conversion
+    # instead of another pass over the samples (a 10 s 48 kHz stereo clip: 3.8 MB).
     if width == 2:
-        ints = np.fromfile(path, dtype="<i2", count=count, offset=offset)
-        samples = ints.astype(np.float32)
-        samples *= np.float32(2.0**-15)
+        ints = np.fromfile(path, dtype="<i2", count=count, offset=offset).reshape(frames, f.channels).T
+        scale = np.float32(2.0**-15)
     else:
         # Each sample read as the little-endian int32 of its 3 bytes and the byte before (one byte of
         # the previous sample, or of the header): x << 8 plus that byte, which the shift drops.
         raw = np.fromfile(path, dtype=np.uint8, count=count * 3 + 1, offset=offset - 1)
-        shifted = np.ndarray(shape=(count,), dtype="<i4", buffer=raw, strides=(3,))
-        samples = (shifted >> 8).astype(np.float32)
-        samples *= np.float32(2.0**-23)
-    return samples.reshape(frames, f.channels)
+        shifted = np.ndarray(shape=(frames, f.channels), dtype="<i4", buffer=raw, strides=(3 * f.channels, 3))
+        ints = np.right_shift(shifted.T, 8, out=np.empty((f.channels, frames), dtype=np.int32))
+        scale = np.float32(2.0**-23)
+    # int -> float32 is exact (at most 24 significant bits), and so is the power-of-2 scale.
+    return np.multiply(ints, scale, dtype=np.float32, out=np.empty((f.channels, frames), dtype=np.float32))
 
 
 def resample(audio: np.ndarray, rate_in: int, rate_out: int, method: str) -> np.ndarray:
@@ -235,22 +237,21 @@ def load_audio(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
             want = min(f.frames, int(math.ceil((cfg.duration + 1.0) * rate)))
         else:
             want = f.frames
-        data = _read_pcm(path, f, want)
-        integer = data is not None  # integer samples: finite by construction
-        if data is None:
+        audio = _read_pcm(path, f, want)  # (channels, samples)
+        integer = audio is not None  # integer samples: finite by construction
+        if audio is None:
             try:
-                data = f.read(frames=want, dtype="float32", always_2d=True)
+                audio = f.read(frames=want, dtype="float32", always_2d=True).T
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise _decode_error(path, exc) from None
-    if data.shape[0] == 0:
+    if audio.shape[1] == 0:
         raise AudioProblem(path, "no audio samples (0 frames)")
-    length_s = data.shape[0] / rate
+    length_s = audio.shape[1] / rate
     if cfg.duration is not None and length_s < MIN_DURATION_FRACTION * cfg.duration:
         raise AudioProblem(path, f"{length_s:.1f} s long, expected {cfg.duration:.1f} s")
     if not integer:
-        _check_finite(path, data)
+        _check_finite(path, audio)
 
-    audio = data.T  # (channels, samples)
     if cfg.channels == "mono":
         if audio.shape[0] > 1:
             # Same sums in the same order as audio.mean(axis=0, dtype=float32), bit for bit, but ~20x
@@ -258,7 +259,7 @@ def load_audio(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
             total = audio[0].copy()
             for channel in audio[1:]:
                 total += channel
-            audio = (total / np.float32(audio.shape[0]))[None]
+            audio = np.divide(total, np.float32(audio.shape[0]), out=total)[None]
     else:
         if audio.shape[0] == 1:
             audio = np.repeat(audio, 2, axis=0)

@@ -68,6 +68,13 @@ MAX_CHUNK = 16
 
 # 64 bits for the source path (two datasets' paths must not collide), 32 for its version.
 _ENTRY = re.compile(r"^(?P<filename>.+)\.(?P<source>[0-9a-f]{16})\.(?P<version>[0-9a-f]{8})\.npy$")
+
+
+def entry_source(name: str) -> tuple[str, str] | None:
+    """(clip file name, source hash) of a per-clip entry's file name; None for a name the cache does not write."""
+    match = _ENTRY.match(name)
+    return (match["filename"], match["source"]) if match else None
+
 # A file is "wrong-rate" / "wrong-length" only against a clear majority: datasets of mixed rates or
 # lengths (e.g. variable-length clips cut to `duration`) have no wrong ones.
 MAJORITY_SHARE = 0.9
@@ -251,9 +258,20 @@ def _compute_chunk(items: list[tuple[str, str, str]], cfg: FeatureConfig) -> lis
         except AudioProblem as exc:
             results.append((filename, exc.reason))
             continue
-        _write_entry(Path(entry_path), logmel(audio, cfg).astype(storage_dtype(cfg)))
+        _write_entry(Path(entry_path), _to_storage(logmel(audio, cfg), cfg))
         results.append((filename, None))
     return results
+
+
+def _to_storage(feats: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """float32 features in `storage_dtype`. float16 through torch: the same round-to-nearest-even bits as
+    numpy's astype, in 0.04 ms instead of 0.95 ms for a 256-band stereo clip (one thread, loaded CPU)."""
+    dtype = storage_dtype(cfg)
+    if dtype != np.float16:
+        return feats.astype(dtype, copy=False)
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).to(torch.float16).numpy()
 
 
 def _init_worker() -> None:
@@ -277,13 +295,19 @@ def _progress_bar(total: int, enabled: bool, desc: str):
 
 
 def _run_serial(todo, cfg, on_bad_audio, bar) -> dict[str, str | None]:
+    from dcase_effdl.features.logmel import _one_intra_op_thread
+
     results: dict[str, str | None] = {}
-    for chunk in _chunks(todo, 1):
-        for filename, reason in _compute_chunk(chunk, cfg):
-            results[filename] = reason
-        bar.update(len(chunk))
-        if on_bad_audio == "stop" and any(r is not None for r in results.values()):
-            break
+    # One intra-op thread throughout, as in the worker threads: with the caller's thread count, the
+    # torch work between clips (the float16 conversion) woke OpenMP threads that then spun on the
+    # other core (CPU time per 256-band clip 34-40 ms against 26 ms in the workers, loaded 2 cores).
+    with _one_intra_op_thread():
+        for chunk in _chunks(todo, 1):
+            for filename, reason in _compute_chunk(chunk, cfg):
+                results[filename] = reason
+            bar.update(len(chunk))
+            if on_bad_audio == "stop" and any(r is not None for r in results.values()):
+                break
     return results
 
 

@@ -100,9 +100,9 @@ def pack_key(entry_names: Sequence[str]) -> str:
 
 def split_key(entries: Sequence[Path]) -> str:
     """24 hex digits of the ordered (file name, source) pairs of per-clip entries: every version of a split."""
-    from dcase_effdl.features.cache import _ENTRY
+    from dcase_effdl.features.cache import entry_source
 
-    pairs = [(m["filename"], m["source"]) if (m := _ENTRY.match(e.name)) else (e.name, "") for e in entries]
+    pairs = [entry_source(e.name) or (e.name, "") for e in entries]
     return hashlib.blake2b(json.dumps(pairs).encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
 
 
