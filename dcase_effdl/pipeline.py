@@ -197,7 +197,11 @@ def train_parent(recipe: Recipe, bundle: DataBundle, spec: ModelSpec, run_dir: P
         f"{len(bundle.x_train)} train / {len(bundle.x_val)} validation clips")
     history = fit(model, bundle, recipe.train, seed=recipe.seed, out_dir=train_dir, resume=resume, run_hash=run_hash)
     row = history.epochs[history.best_epoch - 1] if history.epochs else {}
-    log(f"[train] best epoch {history.best_epoch}: validation macro accuracy {row.get('val_accuracy', float('nan')):.1f} %")
+    if len(bundle.x_val):
+        log(f"[train] best epoch {history.best_epoch}: validation macro accuracy {row.get('val_accuracy', float('nan')):.1f} %")
+    else:
+        kept = "SWA's averaged weights" if history.swa else f"the weights of the last epoch ({history.best_epoch})"
+        log(f"[train] no validation split: {kept} are kept")
     if not current().is_main:
         return model.eval()
     atomic_write(best, save({k: v.contiguous() for k, v in model.state_dict().items()}))
