@@ -49,6 +49,12 @@ POOL_CHUNK_BYTES = 4 << 20
 # 2020 baseline at batch 16 (convs 0.5 G, 1.3 G) 19 / 16 ms, at batch 64 75 / 71 ms: with the other
 # sessions busy, this session's threads shared about one core between them (see run_tiles).
 PARALLEL_MACS = 1 << 29
+# oneDNN's int8 conv on 1-3 input channels is not bound by its multiply-adds (its time grows with the
+# output channels, not the kernel): ~3x the time per multiply-add of the later convs. Quiet machine,
+# 2 threads, first conv split or not (the later convs as PARALLEL_MACS says), ms per batch: the
+# recipes/int8.yaml network at batch 4 (first conv 251 M) 6.3 / 9.0, the 2020 baseline at batch 8
+# (251 M) 5.0 / 7.8; a later conv of 320 M split lost (3.9 / 3.6 at batch 4).
+FEW_CHANNEL_COST = 3
 
 
 def pool_tiles(batch: int, rows: int, example_bytes: int, threads: int) -> list[tuple[int, int, int, int]]:
@@ -345,7 +351,7 @@ class Int8Conv2d(_Int8Layer):
         if self._packed is None:  # Python scalars, cached with the packed weights until the tensors change
             self._args, self._packed = (self._qparams(), self._post_op()), {}
         h_out, w_out = self.output_hw(*x.shape[2:])
-        threads = layer_threads(self.count_macs([x], None))
+        threads = layer_threads(self.count_macs([x], None) * (FEW_CHANNEL_COST if self.in_channels < 4 else 1))
         if self.pool is None:
             with one_thread() if threads == 1 else contextlib.nullcontext():
                 return self._conv(*self._kernel_input(x, 0, len(x), 0, h_out))
