@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dcase_effdl.errors import UserError
+from dcase_effdl.machine import one_intra_op_thread
 
 WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127]
 # Conv output bytes per chunk when a conv pools its own codes: the first conv + pool of the 2020
@@ -129,7 +130,7 @@ class _Workers:
         share = _Share(fn, tiles)
         for _ in range(self.n):
             self._shares.put(share)
-        with one_thread():
+        with one_intra_op_thread():
             share.work()
         share.done.wait()
         if share.error is not None:
@@ -148,18 +149,6 @@ def layer_threads(macs: int) -> int:
     return torch.get_num_threads()
 
 
-@contextlib.contextmanager
-def one_thread():
-    """torch and oneDNN on the calling thread alone inside the block (0.5 us to set and reset)."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_tiles(fn, tiles: list, threads: int) -> None:
@@ -353,7 +342,7 @@ class Int8Conv2d(_Int8Layer):
         h_out, w_out = self.output_hw(*x.shape[2:])
         threads = layer_threads(self.count_macs([x], None) * (FEW_CHANNEL_COST if self.in_channels < 4 else 1))
         if self.pool is None:
-            with one_thread() if threads == 1 else contextlib.nullcontext():
+            with one_intra_op_thread() if threads == 1 else contextlib.nullcontext():
                 return self._conv(*self._kernel_input(x, 0, len(x), 0, h_out))
         kh, kw = self.pool
         ho, wo = h_out // kh, w_out // kw
@@ -365,7 +354,7 @@ class Int8Conv2d(_Int8Layer):
             codes = self._conv(*self._kernel_input(x, b0, b1, p0 * kh, p1 * kh))
             out[b0:b1, :, p0:p1] = max_pool_codes(codes, kh, kw)
 
-        with one_thread() if threads == 1 else contextlib.nullcontext():
+        with one_intra_op_thread() if threads == 1 else contextlib.nullcontext():
             run_tiles(tile, tiles, threads)
         return out
 
@@ -436,7 +425,7 @@ class Int8Linear(_Int8Layer):
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
         (x_scale, x_zp, w_scale, w_zp), (o_scale, o_zp, o_dtype, post_op, scalars) = self._args
         lead = x.shape[:-1]
-        with one_thread() if layer_threads(x.numel() * self.out_features) == 1 else contextlib.nullcontext():
+        with one_intra_op_thread() if layer_threads(x.numel() * self.out_features) == 1 else contextlib.nullcontext():
             qx = self._quantized_input(x.reshape(-1, self.in_features), x_scale, x_zp).contiguous()
             out = torch.ops.onednn.qlinear_pointwise(
                 qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, o_scale, o_zp, o_dtype, post_op, scalars, "")

@@ -55,6 +55,7 @@ import yaml
 from dcase_effdl.config import FeatureConfig
 from dcase_effdl.errors import UserError
 from dcase_effdl.files import TEMP_SUFFIX, atomic_open, atomic_write
+from dcase_effdl.machine import one_intra_op_thread
 
 ENTRY_SUFFIX = ".npy"
 # Temporary files older than this are leftovers of a crashed run (a live run renames its own in
@@ -295,13 +296,11 @@ def _progress_bar(total: int, enabled: bool, desc: str):
 
 
 def _run_serial(todo, cfg, on_bad_audio, bar) -> dict[str, str | None]:
-    from dcase_effdl.features.logmel import _one_intra_op_thread
-
     results: dict[str, str | None] = {}
     # One intra-op thread throughout, as in the worker threads: with the caller's thread count, the
     # torch work between clips (the float16 conversion) woke OpenMP threads that then spun on the
     # other core (CPU time per 256-band clip 34-40 ms against 26 ms in the workers, loaded 2 cores).
-    with _one_intra_op_thread():
+    with one_intra_op_thread():
         for chunk in _chunks(todo, 1):
             for filename, reason in _compute_chunk(chunk, cfg):
                 results[filename] = reason

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import threading
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 
 from dcase_effdl.config import FeatureConfig
 from dcase_effdl.errors import UserError
+from dcase_effdl.machine import one_intra_op_thread
 
 # Bump whenever this module's output for an unchanged FeatureConfig changes: it is part of
 # feature_key(), so cached features computed by older code are never reused.
@@ -493,20 +493,6 @@ def _refine_in_float64(scratch: dict, feats: torch.Tensor, imprecise: torch.Tens
 # the last float32 bits between machines.
 
 
-@contextmanager
-def _one_intra_op_thread():
-    """torch.set_num_threads(1) for the block (only this thread's OpenMP/MKL setting when it was not 1 already)."""
-    before = torch.get_num_threads()
-    if before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _clip_logmel(clip: torch.Tensor, cfg: FeatureConfig, dtype: torch.dtype, out: torch.Tensor) -> None:
     """One clip's features into `out` (C * (1 + deltas), n_mels, frames) float32, from audio (C, samples);
     see the rule above."""
@@ -547,7 +533,7 @@ def logmel_batch(audio: np.ndarray | torch.Tensor, cfg: FeatureConfig, dtype: to
         raise ValueError(f"logmel_batch expects audio shaped (batch, channels, samples), got {tuple(x.shape)}")
     feats = torch.empty((x.shape[0], x.shape[1] * (1 + cfg.deltas), cfg.n_mels, _frames(x.shape[-1], cfg)),
                         dtype=torch.float32, device=x.device)
-    with _one_intra_op_thread(), torch.no_grad():
+    with one_intra_op_thread(), torch.no_grad():
         for clip, out in zip(x, feats):
             _clip_logmel(clip, cfg, dtype, out)
     return feats.numpy() if as_numpy else feats
