@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from dcase_effdl.compress import int8_kernels as K
+from test_compress_int8 import _OpLog  # the op log the int8 tests share
 
 # (conv, pool, input (C, H, W)): a first layer on one channel, a strided one on three whose pooling
 # floors (rows and columns left over), a wide pool over few rows (the baseline's second block).
@@ -135,16 +135,6 @@ def test_a_worker_error_reaches_the_caller(monkeypatch, two_threads):
     monkeypatch.setattr(tiled, "_conv", broken)
     with torch.no_grad(), pytest.raises(RuntimeError, match="tile failed"):
         tiled(torch.randn(4, *shape))
-
-
-class _OpLog(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func.name())
-        return func(*args, **(kwargs or {}))
 
 
 def test_a_dispatch_mode_sees_every_kernel_call(monkeypatch, two_threads):
