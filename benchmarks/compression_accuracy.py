@@ -88,35 +88,40 @@ def _lr_model(c: float):
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
 
 
-def grouped_cv_accuracy(c: float, x: np.ndarray, y: np.ndarray, groups: list[str], classes: list[str]) -> float:
-    """Macro accuracy of out-of-fold predictions (each training clip predicted once, by a model that never saw
-    its source): stratified group k-fold, groups = the clips' identifiers."""
-    from sklearn.model_selection import StratifiedGroupKFold
+def out_of_fold_probs(c: float, x: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each clip's probabilities from a model fit on the clips of the other folds (`folds`: a fold index per clip,
+    `data.dataset.grouped_folds`)."""
+    probs = np.zeros((len(y), n_classes))
+    for f in np.unique(folds):
+        held = folds == f
+        probs[held] = _lr_model(c).fit(x[~held], y[~held]).predict_proba(x[held])
+    return probs
 
+
+def grouped_cv_accuracy(c: float, x: np.ndarray, y: np.ndarray, folds: np.ndarray, classes: list[str]) -> float:
+    """Macro accuracy of out-of-fold predictions: each training clip predicted once, by a model that never saw
+    its source (source-grouped `folds`)."""
     from dcase_effdl.metrics import compute_metrics
 
-    probs = np.zeros((len(y), len(classes)))
-    for fit_idx, held_idx in StratifiedGroupKFold(n_splits=LR_CV_FOLDS, shuffle=False).split(x, y, groups):
-        probs[held_idx] = _lr_model(c).fit(x[fit_idx], y[fit_idx]).predict_proba(x[held_idx])
-    return compute_metrics(y, probs, classes)["accuracy"]
+    return compute_metrics(y, out_of_fold_probs(c, x, y, folds, len(classes)), classes)["accuracy"]
 
 
-def logistic_regression_reference(bundle, groups: list[str] | None = None) -> dict:
+def logistic_regression_reference(bundle, folds: np.ndarray | None = None) -> dict:
     """Multinomial L2 logistic regression on standardised clip statistics, classes weighted by frequency
     (macro accuracy is the metric); C picked by validation macro accuracy, or without validation clips by
-    `grouped_cv_accuracy` over the training clips' `groups`. Returns test metrics and C."""
+    `grouped_cv_accuracy` over the training clips' source-grouped `folds`. Returns test metrics and C."""
     from dcase_effdl.metrics import compute_metrics
 
     train, val, test = (clip_statistics(x) for x in (bundle.x_train, bundle.x_val, bundle.x_test))
     y_train = bundle.y_train.numpy()
-    if not len(val) and groups is None:
-        raise ValueError("no validation clips: pass the training clips' groups to pick C by cross-validation")
+    if not len(val) and folds is None:
+        raise ValueError("no validation clips: pass the training clips' folds to pick C by cross-validation")
     best = None
     for c in LR_C_GRID:
         if len(val):
             score = compute_metrics(bundle.y_val.numpy(), _lr_model(c).fit(train, y_train).predict_proba(val), bundle.classes)["accuracy"]
         else:
-            score = grouped_cv_accuracy(c, train, y_train, groups, bundle.classes)
+            score = grouped_cv_accuracy(c, train, y_train, folds, bundle.classes)
         if best is None or score > best[0]:
             best = (score, c)
     c = best[1]
@@ -129,14 +134,14 @@ def seed_reference(recipe_path: str, data: str, seed: int, overrides: list[str])
     from dcase_effdl.config import load_recipe
     from dcase_effdl.pipeline import prepare_data
 
-    from dcase_effdl.data.dataset import load_dataset, validation_split
+    from dcase_effdl.data.dataset import grouped_folds, load_dataset, validation_split
 
     recipe, feat = load_recipe(recipe_path, [*overrides, f"seed={seed}"])
     bundle = prepare_data(recipe, feat, data)
     train_clips, _ = validation_split(load_dataset(Path(data)).fold("train"), recipe.dataset.validation_fraction, seed)
     if len(train_clips) != len(bundle.x_train):  # clips dropped as unreadable: their order is no longer the split's
         raise SystemExit(f"{data}: {len(train_clips) - len(bundle.x_train)} training clip(s) unreadable; the reference needs them all")
-    return logistic_regression_reference(bundle, [c.identifier or c.filename for c in train_clips])
+    return logistic_regression_reference(bundle, grouped_folds(train_clips, LR_CV_FOLDS, seed))
 
 
 def format_table(results: dict[str, list[dict]], matched: dict[str, str | None], reference: list[dict]) -> str:

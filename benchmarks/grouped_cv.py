@@ -98,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     spec_lr = importlib.util.spec_from_file_location("compression_accuracy", REPO / "benchmarks" / "compression_accuracy.py")
     bench = importlib.util.module_from_spec(spec_lr)
     spec_lr.loader.exec_module(bench)
-    stats, lr = bench.clip_statistics(x), np.zeros_like(oof)
-    for f in range(args.k):
-        fit_idx, held = folds != f, folds == f
-        lr[held] = bench._lr_model(1.0).fit(stats[fit_idx], y.numpy()[fit_idx]).predict_proba(stats[held])
+    lr = bench.out_of_fold_probs(1.0, bench.clip_statistics(x), y.numpy(), folds, bundle.n_classes)
     print(f"\n{args.k}-fold source-grouped CV of {args.recipe} over fold1_train ({len(y)} clips), seed {args.seed}, "
           f"overrides {args.set or 'none'}; out-of-fold macro accuracy ({' / '.join(bundle.classes)}):")
     print(f"CNN, last epoch ({recipe.train.epochs}): {line(oof)}")

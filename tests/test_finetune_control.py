@@ -7,6 +7,7 @@ import copy
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,12 +110,13 @@ def test_logistic_regression_reference_without_validation_picks_c_by_grouped_cv(
     bench = _benchmark()
     bundle = tiny_bundle(n_train=60)
     whole = replace(bundle, x_val=bundle.x_val[:0], y_val=bundle.y_val[:0])
-    groups = [f"source-{i % 3}-{i // 15}" for i in range(60)]  # 4 sources per class (y = i % 3), 5 clips each
-    result = bench.logistic_regression_reference(whole, groups)
+    # 4 sources per class (y = i % 3), 5 clips each; source i // 15 of each class whole in fold i // 15
+    folds = np.arange(60) // 15
+    result = bench.logistic_regression_reference(whole, folds)
     assert result["accuracy"] > 90.0 and result["C"] in bench.LR_C_GRID
     # The same C as the grouped CV's best score (the first of equal ones), refitted on every training clip.
     x, y = bench.clip_statistics(whole.x_train), whole.y_train.numpy()
-    scores = [bench.grouped_cv_accuracy(c, x, y, groups, whole.classes) for c in bench.LR_C_GRID]
+    scores = [bench.grouped_cv_accuracy(c, x, y, folds, whole.classes) for c in bench.LR_C_GRID]
     assert result["C"] == bench.LR_C_GRID[scores.index(max(scores))]
     with pytest.raises(ValueError, match="no validation clips"):
         bench.logistic_regression_reference(whole)
