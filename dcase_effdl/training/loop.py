@@ -1,9 +1,9 @@
 """The training loop: seeded batch plans, augmentation, per-batch schedules, mixed precision; best epoch by validation accuracy.
 
 `fit(model, bundle, cfg, seed=...)` trains in place. Every random choice of an epoch (batch order,
-augmentation) comes from generators seeded by (seed, epoch) or (seed, epoch, batch, position), and the only other random state (torch's
-global generator, used by dropout) is saved in the checkpoint, so a run resumed from
-`<out_dir>/last.pt` ends with exactly the numbers of an uninterrupted run. Under torchrun, every rank
+augmentation) comes from generators seeded by (seed, epoch) or (seed, epoch, batch, position), and
+the only other random state (torch's global generator, used by dropout) is saved in the checkpoint,
+so a run resumed from `<out_dir>/last.pt` ends with exactly the numbers of an uninterrupted run. Under torchrun, every rank
 computes the same global batch plan, reads and augments only its share of each batch, and
 DistributedDataParallel averages the gradients, so results match a single process up to float
 rounding (batch-norm statistics are per rank on CPU: SyncBatchNorm needs CUDA).
