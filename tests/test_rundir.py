@@ -200,9 +200,12 @@ HOLD_WITH_CHILD = """\
 import os, sys, time
 from dcase_effdl.rundir import RunDir
 with RunDir(sys.argv[1]).lock():
+    ready, started = os.pipe()
     if os.fork() == 0:  # as a DataLoader worker: forked while the lock is held, outlives its parent
+        os.write(started, b"x")  # after the fork hooks ran: the parent is not killed before them
         time.sleep(60)
         os._exit(0)
+    os.read(ready, 1)
     print("held", flush=True)
     time.sleep(120)
 """
