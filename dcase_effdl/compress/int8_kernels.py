@@ -387,7 +387,8 @@ class Int8Conv2d(_Int8Layer):
         kh, sh, ph, dh = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
         h = x.shape[2]
         lo, hi = r0 * sh - ph, (r1 - 1) * sh + dh * (kh - 1) + 1 - ph  # input rows read, before padding
-        qx = self._quantized_input(x[b0:b1, :, max(lo, 0) : min(hi, h)], x_scale, x_zp)
+        whole = b0 == 0 and b1 == len(x) and lo <= 0 and hi >= h  # a whole-input tile: no slicing ops
+        qx = self._quantized_input(x if whole else x[b0:b1, :, max(lo, 0) : min(hi, h)], x_scale, x_zp)
         if -lo == hi - h >= 0:
             return qx.contiguous(memory_format=torch.channels_last), -lo
         if lo < 0 or hi > h:
@@ -455,8 +456,9 @@ def max_pool_codes(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     """
     b, c, h, w = x.shape
     ho, wo = h // kh, w // kw
-    y = x.permute(0, 2, 3, 1)[:, : ho * kh].reshape(b, ho, kh, w * c).amax(dim=2)
-    y = y.view(b, ho, w, c)[:, :, : wo * kw].reshape(b, ho, wo, kw, c)
+    y = x.permute(0, 2, 3, 1)
+    y = (y if ho * kh == h else y[:, : ho * kh]).reshape(b, ho, kh, w * c).amax(dim=2).view(b, ho, w, c)
+    y = (y if wo * kw == w else y[:, :, : wo * kw]).reshape(b, ho, wo, kw, c)
     if kw > 8:
         return y.amax(dim=3).permute(0, 3, 1, 2)
     cols = y.unbind(3)
