@@ -147,3 +147,13 @@ def test_a_dispatch_mode_sees_every_kernel_call(monkeypatch, two_threads):
     with torch.no_grad(), log:
         tiled(torch.randn(6, *shape))
     assert log.ops.count("onednn::qconv2d_pointwise") == 3
+
+
+@pytest.mark.parametrize("kh, kw", [(2, 1), (5, 5), (4, 10)])
+def test_pooled_codes_are_channels_last_contiguous(kh, kw):
+    # A conv whose output is one tile returns max_pool_codes' result as it is: the next conv takes it
+    # without a copy only if it is channels-last contiguous.
+    x = torch.randint(0, 128, (2, 8, 11, 23), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    got = K.max_pool_codes(x, kh, kw)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, torch.nn.functional.max_pool2d(x.float(), (kh, kw)).to(torch.uint8))
