@@ -303,6 +303,18 @@ class SpecAugmentConfig:
 
 
 @dataclass
+class FilterAugmentConfig:
+    """A random gain curve over the mel bands per example: n_bands parts, gains U(-max_gain, max_gain) normalised units."""
+
+    max_gain: float = 0.3  # about +-6 dB on ambient3's front end (augment.level_shift)
+    n_bands: int = 4
+    linear: bool = True  # interpolated between the band edges (false: one step per part)
+
+    def __post_init__(self):
+        check_fields(self, [("max_gain", 0 <= self.max_gain < math.inf, "a finite number >= 0"), ("n_bands", self.n_bands >= 1, ">= 1")])
+
+
+@dataclass
 class SWAConfig:
     """Stochastic weight averaging: average the weights of every `every`-th epoch from `start_epoch` on."""
 
@@ -349,6 +361,8 @@ class TrainConfig:
     time_crop: int = 0  # random crop length in frames during training (0 = off)
     channel_swap: bool = False  # swap left/right with probability 0.5 (stereo features)
     level_shift: float = 0.0  # max per-example offset added to all normalised values, a random gain (0 = off)
+    filter_augment: Union[FilterAugmentConfig, None] = None  # None = off; a random gain curve over the bands
+    freq_shift: int = 0  # max shift of the mel bins per example (0 = off)
     balanced_batches: bool = False  # equal class counts per mini-batch
     label_smoothing: float = 0.0  # epsilon of the default cross-entropy
     swa: Union[SWAConfig, None] = None  # None = off
@@ -367,7 +381,7 @@ class TrainConfig:
             ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "auto, cpu, cuda or cuda:N"),
             *[(k, getattr(self, k) >= 0, ">= 0") for k in ("weight_decay", "num_workers", "threads", "loader_workers", "warmup_epochs",
                                                          "decay_start_epoch", "mixup_alpha", "time_roll", "time_crop",
-                                                         "level_shift")],
+                                                         "level_shift", "freq_shift")],
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
             ("restart_epochs", self.restart_epochs > 0, "> 0"),
             ("restart_mult", self.restart_mult >= 1, ">= 1 (periods never shrink)"),

@@ -139,3 +139,66 @@ def test_level_shift_is_a_checked_recipe_option_applied_per_example():
     per_example = out.flatten(1)
     assert torch.equal(per_example, per_example[:, :1].expand_as(per_example)) and per_example.abs().max() > 0
     assert per_example.abs().max() <= 0.5 and len(set(per_example[:, 0].tolist())) == 8
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_filter_augment_adds_one_bounded_gain_curve_over_bands_per_example(linear):
+    x = torch.randn(500, 2, 40, 6)
+    out = augment.filter_augment(x, 0.3, 4, gen(), linear)
+    assert out.shape == x.shape
+    curve = out - x
+    # constant over channels and frames (float32 rounding of x + gain), one curve per example
+    assert (curve - curve[:, :1, :, :1]).abs().max() < 1e-5
+    c = curve[:, 0, :, 0].double()  # (B, F)
+    assert c.abs().max() <= 0.3 + 1e-6
+    # the gain varies over the bands: a flat curve would be level_shift
+    assert (c.max(1).values - c.min(1).values).median() > 0.1
+    steps = (c[:, 1:] - c[:, :-1]).abs()
+    one = augment.filter_augment(x, 0.3, 1, gen(), linear)[:, 0, :, 0].double() - x[:, 0, :, 0].double()
+    if linear:  # slopes, not 3 steps; one band: a straight line from the lowest to the highest band
+        assert ((steps > 1e-6).sum(1) > 4).float().mean() > 0.9
+        assert (one[:, 2:] - 2 * one[:, 1:-1] + one[:, :-2]).abs().max() < 1e-5
+    else:  # 4 parts: at most 3 changes of gain along the bands; one band: a flat gain
+        assert ((steps > 1e-6).sum(1) <= 3).all()
+        assert (one - one[:, :1]).abs().max() < 1e-5
+    assert torch.equal(augment.filter_augment(x, 0.3, 4, gen(3), linear), augment.filter_augment(x, 0.3, 4, gen(3), linear))
+    assert not torch.equal(augment.filter_augment(x, 0.3, 4, gen(3), linear), augment.filter_augment(x, 0.3, 4, gen(4), linear))
+    assert torch.equal(augment.filter_augment(x, 0.0, 4, gen(), linear), x)
+
+
+def test_freq_shift_moves_bands_and_repeats_the_edge_band():
+    x = torch.arange(10.0).view(1, 1, 10, 1).expand(200, 2, 10, 3).contiguous()
+    out = augment.freq_shift(x, 2, gen())
+    assert out.shape == x.shape
+    shifts = x[:, 0, 5, 0] - out[:, 0, 5, 0]  # band 5 now holds band 5 - shift
+    assert set(shifts.long().tolist()) == {-2, -1, 0, 1, 2}
+    expected = (torch.arange(10)[None, :] - shifts.long()[:, None]).clamp(0, 9).float()
+    assert torch.equal(out, expected.view(200, 1, 10, 1).expand_as(x))
+    assert torch.equal(augment.freq_shift(x, 2, gen(5)), augment.freq_shift(x, 2, gen(5)))
+    assert torch.equal(augment.freq_shift(x, 0, gen()), x)
+
+
+def test_filter_augment_and_freq_shift_are_checked_recipe_options_applied_per_example():
+    from dcase_effdl.config import FilterAugmentConfig, TrainConfig, from_dict
+    from dcase_effdl.errors import UserError
+    from dcase_effdl.training.loop import augment_example
+    from dcase_effdl.training.options import check_options
+
+    with pytest.raises(UserError, match=r"r.yaml: train.freq_shift must be >= 0, got -1"):
+        from_dict(TrainConfig, {"freq_shift": -1}, "r.yaml", "train")
+    with pytest.raises(UserError, match=r"r.yaml: train.filter_augment.n_bands must be >= 1, got 0"):
+        from_dict(TrainConfig, {"filter_augment": {"n_bands": 0}}, "r.yaml", "train")
+    with pytest.raises(UserError, match=r"train.filter_augment.max_gain must be a finite number >= 0"):
+        from_dict(TrainConfig, {"filter_augment": {"max_gain": -0.1}}, "r.yaml", "train")
+    with pytest.raises(UserError, match=r"train.filter_augment.n_bands = 50 is more than the 40 mel bands"):
+        check_options(TrainConfig(filter_augment=FilterAugmentConfig(n_bands=50)), (1, 40, 100))
+    with pytest.raises(UserError, match=r"train.freq_shift = 40 bins would move every band of the 40 mel bands"):
+        check_options(TrainConfig(freq_shift=40), (1, 40, 100))
+    check_options(TrainConfig(freq_shift=39, filter_augment=FilterAugmentConfig(n_bands=40)), (1, 40, 100))
+    # Off (the defaults) is the identity; on, each row's own generator gives it its own curve, the same on a rerun.
+    x = torch.randn(1, 1, 8, 5)
+    assert torch.equal(augment_example(x, TrainConfig(), gen()), x)
+    cfg = TrainConfig(filter_augment=FilterAugmentConfig(max_gain=0.5, n_bands=3), freq_shift=1)
+    rows = [augment_example(x, cfg, gen(seed)) for seed in range(4)]
+    assert all(torch.equal(r, augment_example(x, cfg, gen(seed))) for seed, r in enumerate(rows))
+    assert len({tuple(r.flatten().tolist()) for r in rows}) == 4

@@ -1,4 +1,4 @@
-"""Training-time augmentation of feature batches (B, C, F, T): mixup, SpecAugment masks, time crop/roll, L/R swap.
+"""Training-time augmentation of feature batches (B, C, F, T): mixup, SpecAugment masks, time crop/roll, gains, shifts, L/R swap.
 
 Every function draws its random numbers from an explicit `torch.Generator`, so a seeded run gives
 the same batches every time (and a resumed run the same as an uninterrupted one). Inputs are
@@ -10,6 +10,9 @@ Published settings these reproduce:
   channel, filled with 0.
 - time roll: Koutini: circular shift by U{-50..50} frames. Time crop: McDonnell: 400 of 469 frames.
 - level shift: a random recording level per example (see `level_shift`).
+- FilterAugment: Nam et al. 2022: a random gain curve over frequency per example, n bands with random
+  edges and gains U(-g, g), step-wise or linear between the band edges (see `filter_augment`).
+- frequency shift: each example's mel bins moved by U{-k..k} bins, edge bins repeated (see `freq_shift`).
 - channel swap: Hu and McDonnell: exchange left and right with probability 0.5 (statics, deltas and
   delta-deltas together; features are ordered L, R, dL, dR, ddL, ddR).
 - label smoothing: cross-entropy against (1 - eps) x target + eps / n_classes; accepts soft targets.
@@ -132,6 +135,41 @@ def level_shift(x: torch.Tensor, max_shift: float, generator: torch.Generator) -
     """
     offsets = (torch.rand(x.shape[0], generator=generator) * 2 - 1) * max_shift
     return x + offsets.to(x.device, x.dtype).view(-1, *(1,) * (x.dim() - 1))
+
+
+def filter_augment(x: torch.Tensor, max_gain: float, n_bands: int, generator: torch.Generator,
+                   linear: bool = True) -> torch.Tensor:
+    """Add a random gain curve over the F bands of each example (normalised units), the same for every channel and frame.
+
+    The F bands are cut at n_bands - 1 edges ~ U(0, F) per example. Step-wise: each part gets one gain ~
+    U(-max_gain, max_gain); linear: the gains sit at the n_bands + 1 edges (0 and F included) and are
+    interpolated between them at the band centres, so the curve has no jumps (Nam et al.'s linear type).
+    A microphone's or room's colouration is such a curve; 0.3 is about +-6 dB (see `level_shift`).
+    """
+    if n_bands < 1:
+        raise ValueError(f"filter augment needs >= 1 band, got {n_bands}")
+    batch, bands = x.shape[0], x.shape[2]
+    edges = torch.sort(torch.rand(batch, n_bands - 1, generator=generator, dtype=torch.float64) * bands, dim=1).values
+    gains = (torch.rand(batch, n_bands + int(linear), generator=generator, dtype=torch.float64) * 2 - 1) * max_gain
+    centres = torch.arange(bands, dtype=torch.float64) + 0.5
+    part = (edges[:, None, :] <= centres[None, :, None]).sum(-1)  # (B, F): the part each band centre falls in
+    if linear:
+        knots = torch.cat([torch.zeros(batch, 1, dtype=torch.float64), edges, torch.full((batch, 1), float(bands), dtype=torch.float64)], 1)
+        left, right = knots.gather(1, part), knots.gather(1, part + 1)
+        w = (centres[None, :] - left) / (right - left).clamp(min=1e-12)
+        curve = gains.gather(1, part) * (1 - w) + gains.gather(1, part + 1) * w
+    else:
+        curve = gains.gather(1, part)
+    return x + curve.to(x.device, x.dtype).view(batch, 1, bands, 1)
+
+
+def freq_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Move each example's bands up or down by U{-max_shift..max_shift} bins; the edge band fills the bins left open."""
+    shifts = torch.randint(-max_shift, max_shift + 1, (x.shape[0],), generator=generator)
+    f = x.shape[2]
+    index = (torch.arange(f)[None, :] - shifts[:, None]).clamp(0, f - 1)  # out[:, :, j] = x[:, :, j - shift]
+    index = index.to(x.device).view(x.shape[0], 1, f, 1).expand_as(x)
+    return torch.gather(x, 2, index)
 
 
 def swap_permutation(n_channels: int, audio_channels: int = 2) -> list[int]:

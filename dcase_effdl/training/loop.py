@@ -163,6 +163,10 @@ def augment_example(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> to
         x = augment.channel_swap(x, g)
     if cfg.level_shift:
         x = augment.level_shift(x, cfg.level_shift, g)
+    if cfg.filter_augment is not None:
+        x = augment.filter_augment(x, cfg.filter_augment.max_gain, cfg.filter_augment.n_bands, g, cfg.filter_augment.linear)
+    if cfg.freq_shift:
+        x = augment.freq_shift(x, cfg.freq_shift, g)
     if cfg.spec_augment is not None:
         s = cfg.spec_augment
         x = augment.spec_augment(x, g, s.freq_mask, s.time_mask, s.n_freq_masks, s.n_time_masks)

@@ -23,9 +23,12 @@ def check_options(cfg: TrainConfig, input_shape: tuple[int, int, int]) -> None:
     frames = cfg.time_crop or frames  # what the later augmentations see
     for key, value, limit, unit in (("time_roll", cfg.time_roll, frames, "frames"),
                                     ("spec_augment.time_mask", cfg.spec_augment and cfg.spec_augment.time_mask, frames, "frames"),
-                                    ("spec_augment.freq_mask", cfg.spec_augment and cfg.spec_augment.freq_mask, mels, "mel bands")):
+                                    ("spec_augment.freq_mask", cfg.spec_augment and cfg.spec_augment.freq_mask, mels, "mel bands"),
+                                    ("filter_augment.n_bands", cfg.filter_augment and cfg.filter_augment.n_bands, mels, "mel bands")):
         if value and value > limit:
             raise UserError(f"train.{key} = {value} is more than the {limit} {unit} of a training input")
+    if cfg.freq_shift >= mels:
+        raise UserError(f"train.freq_shift = {cfg.freq_shift} bins would move every band of the {mels} mel bands out of a training input")
 
 
 def check_loss(cfg: TrainConfig, loss_fn, where: str) -> None:
