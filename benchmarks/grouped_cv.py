@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     from dcase_effdl.errors import UserError
     from dcase_effdl.machine import training_threads
     from dcase_effdl.metrics import compute_metrics
-    from dcase_effdl.models import ModelSpec, model_params
-    from dcase_effdl.pipeline import prepare_data
+    from dcase_effdl.pipeline import prepare_data, resolve
     from dcase_effdl.training.loop import FineTune, fit, predict, seed_everything
 
     try:
         recipe, feat = load_recipe(args.recipe, [*args.set, f"seed={args.seed}", "dataset.validation_fraction=0"])
+        spec = resolve(recipe, feat, args.recipe).spec  # model and train options checked before any extraction
         data = args.data if args.data is not None else recipe.dataset.root
         torch.set_num_threads(training_threads(recipe.train.threads))
         with contextlib.redirect_stdout(io.StringIO()):
@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}")
         return 2
     x, y = bundle.x_train[:], bundle.y_train
-    spec = ModelSpec(recipe.model.name, model_params(recipe.model.name, recipe.model.params), bundle.n_classes, *bundle.input_shape)
     oof = np.zeros((len(y), bundle.n_classes))
     curves: dict[int, np.ndarray] = {}
     for f in range(args.k):
