@@ -88,18 +88,10 @@ def time_rounds(fns: dict, x: torch.Tensor, repeats: int, warmup: int) -> dict[s
 
 def time_warm(fns: dict, x: torch.Tensor, repeats: int, warmup: int) -> dict[str, float]:
     """Median milliseconds per call of each function called `repeats` times in a row (after `warmup` calls)."""
-    out = {}
+    from dcase_effdl.deploy.measure import timings_ms
+
     with torch.inference_mode():
-        for name, fn in fns.items():
-            for _ in range(warmup):
-                fn(x)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn(x)
-                times.append(time.perf_counter() - start)
-            out[name] = 1000 * statistics.median(times)
-    return out
+        return {name: timings_ms(fn, x, repeats, warmup)["median_ms"] for name, fn in fns.items()}
 
 
 def layer_times(module: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
