@@ -347,17 +347,18 @@ class Int8Conv2d(_Int8Layer):
         kh, kw = self.pool
         ho, wo = h_out // kh, w_out // kw
         tiles = pool_tiles(len(x), ho, self.out_channels * h_out * w_out, threads)
-        if len(tiles) == 1:  # batch 1 or a few examples: the pooled codes as they come, no copy into `out`
-            with one_intra_op_thread() if threads == 1 else contextlib.nullcontext():
-                return max_pool_codes(self._conv(*self._kernel_input(x, 0, len(x), 0, ho * kh)), kh, kw)
-        out = torch.empty((len(x), self.out_channels, ho, wo), dtype=torch.uint8, memory_format=torch.channels_last)
 
-        def tile(t: tuple[int, int, int, int]) -> None:
-            b0, b1, p0, p1 = t  # examples b0..b1, pooled rows p0..p1
-            codes = self._conv(*self._kernel_input(x, b0, b1, p0 * kh, p1 * kh))
-            out[b0:b1, :, p0:p1] = max_pool_codes(codes, kh, kw)
+        def pooled(b0: int, b1: int, p0: int, p1: int) -> torch.Tensor:  # examples b0..b1, pooled rows p0..p1
+            return max_pool_codes(self._conv(*self._kernel_input(x, b0, b1, p0 * kh, p1 * kh)), kh, kw)
 
         with one_intra_op_thread() if threads == 1 else contextlib.nullcontext():
+            if len(tiles) == 1:  # batch 1 or a few examples: the pooled codes as they come, no copy
+                return pooled(*tiles[0])
+            out = torch.empty((len(x), self.out_channels, ho, wo), dtype=torch.uint8, memory_format=torch.channels_last)
+
+            def tile(t: tuple[int, int, int, int]) -> None:
+                out[t[0]:t[1], :, t[2]:t[3]] = pooled(*t)
+
             run_tiles(tile, tiles, threads)
         return out
 
@@ -387,8 +388,7 @@ class Int8Conv2d(_Int8Layer):
         kh, sh, ph, dh = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
         h = x.shape[2]
         lo, hi = r0 * sh - ph, (r1 - 1) * sh + dh * (kh - 1) + 1 - ph  # input rows read, before padding
-        whole = b0 == 0 and b1 == len(x) and lo <= 0 and hi >= h  # a whole-input tile: no slicing ops
-        qx = self._quantized_input(x if whole else x[b0:b1, :, max(lo, 0) : min(hi, h)], x_scale, x_zp)
+        qx = self._quantized_input(x[b0:b1, :, max(lo, 0) : min(hi, h)], x_scale, x_zp)
         if -lo == hi - h >= 0:
             return qx.contiguous(memory_format=torch.channels_last), -lo
         if lo < 0 or hi > h:
@@ -429,12 +429,11 @@ class Int8Linear(_Int8Layer):
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
         (x_scale, x_zp, w_scale, w_zp), (o_scale, o_zp, o_dtype, post_op, scalars) = self._args
         lead = x.shape[:-1]
-        flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # 2-D: no reshape calls (each an op dispatch)
         with one_intra_op_thread() if layer_threads(x.numel() * self.out_features) == 1 else contextlib.nullcontext():
-            qx = self._quantized_input(flat, x_scale, x_zp).contiguous()
+            qx = self._quantized_input(x.reshape(-1, self.in_features), x_scale, x_zp).contiguous()
             out = torch.ops.onednn.qlinear_pointwise(
                 qx, x_scale, x_zp, self._packed, w_scale, w_zp, self.bias, o_scale, o_zp, o_dtype, post_op, scalars, "")
-        return out if x.dim() == 2 else out.reshape(*lead, self.out_features)
+        return out.reshape(*lead, self.out_features)
 
     def count_macs(self, inputs, output) -> int:
         return output.numel() * self.in_features
@@ -456,9 +455,8 @@ def max_pool_codes(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     """
     b, c, h, w = x.shape
     ho, wo = h // kh, w // kw
-    y = x.permute(0, 2, 3, 1)
-    y = (y if ho * kh == h else y[:, : ho * kh]).reshape(b, ho, kh, w * c).amax(dim=2).view(b, ho, w, c)
-    y = (y if wo * kw == w else y[:, :, : wo * kw]).reshape(b, ho, wo, kw, c)
+    y = x.permute(0, 2, 3, 1)[:, : ho * kh].reshape(b, ho, kh, w * c).amax(dim=2)
+    y = y.view(b, ho, w, c)[:, :, : wo * kw].reshape(b, ho, wo, kw, c)
     if kw > 8:
         return y.amax(dim=3).permute(0, 3, 1, 2)
     cols = y.unbind(3)
